@@ -1,0 +1,271 @@
+"""The backbone registry: one table of named image backbones behind one interface.
+
+Every backbone, whatever its source (timm or transformers), is an ``nn.Module`` with ``features(x) -> (B, D)``,
+``num_features``, ``data_config`` and ``layer_groups()`` (ordered input -> output, for partial unfreezing).
+Architecture differences live in the table rows below and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import timm
+import torch
+from torch import nn
+
+from spinecad.preprocess import DataConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HALF = (0.5, 0.5, 0.5)
+CPU_SUFFIX = "-cpu"
+HF_PREFIX = "hf:"
+
+
+class BackboneError(ValueError):
+    """An unknown backbone name, or a spec that cannot be built."""
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """ImageNet weights could not be fetched (offline and not in the Hugging Face cache)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One registry row: where a backbone comes from and how it wants its input."""
+
+    name: str  # registry key, e.g. "vit_b16" or its CPU sibling "vit_b16-cpu"
+    display_name: str  # what people read, e.g. "ViT-B/16"
+    source: str  # "timm" or "transformers"
+    architecture: str  # timm model name, or a Hugging Face model id for transformers
+    pretrained_tag: str | None  # timm weight tag; None where no pretrained weights fit (CPU profile)
+    pretraining: str  # what the pretrained weights were trained on, said plainly
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    channels_last: bool = False  # CNNs run faster channels-last on CUDA
+    kwargs: dict = field(default_factory=dict)  # timm create_model overrides / transformers config
+    note: str = ""
+
+    @property
+    def data_config(self) -> DataConfig:
+        return DataConfig(self.input_size, self.mean, self.std, self.interpolation)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["mean"], values["std"] = list(self.mean), list(self.std)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> BackboneSpec:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise BackboneError(f"Backbone spec has unknown fields: {', '.join(sorted(unknown))}.")
+        values = dict(values)
+        values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        return cls(**values)
+
+
+# The paper's six backbones (ImageNet-pretrained, 224 px). Normalisation is each weight set's own.
+PAPER_PROFILE: tuple[BackboneSpec, ...] = (
+    BackboneSpec("vit_b16", "ViT-B/16", "timm", "vit_base_patch16_224", "augreg_in1k", "ImageNet-1k",
+                 224, HALF, HALF, "bicubic"),
+    BackboneSpec("swin_b", "Swin-B", "timm", "swin_base_patch4_window7_224", "ms_in1k", "ImageNet-1k",
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+    BackboneSpec("beit_b", "BEiT-B", "timm", "beit_base_patch16_224", "in22k_ft_in22k_in1k",
+                 "ImageNet-22k, fine-tuned on 22k then 1k", 224, HALF, HALF, "bicubic",
+                 note="timm has no ImageNet-1k-only BEiT-B weights; this is the closest tag."),
+    BackboneSpec("efficientnetv2_m", "EfficientNetV2-M", "timm", "tf_efficientnetv2_m", "in1k", "ImageNet-1k",
+                 224, HALF, HALF, "bicubic", channels_last=True,
+                 note="Weights were trained at 384 px; the paper feeds 224 px like the other five."),
+    BackboneSpec("resnet152", "ResNet-152", "timm", "resnet152", "tv_in1k", "ImageNet-1k (torchvision weights)",
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear", channels_last=True),
+    BackboneSpec("convnext_b", "ConvNeXt-B", "timm", "convnext_base", "fb_in1k", "ImageNet-1k",
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic", channels_last=True),
+)
+
+# The same six families shrunk through timm's keyword overrides: same code paths, seconds on a CPU.
+_CPU_OVERRIDES: dict[str, dict] = {
+    "vit_b16": dict(img_size=128, depth=2, embed_dim=64, num_heads=2),
+    "swin_b": dict(img_size=128, window_size=4, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
+    "beit_b": dict(img_size=128, depth=2, embed_dim=64, num_heads=2),
+    "efficientnetv2_m": dict(channel_multiplier=0.25, depth_multiplier=0.2),
+    "resnet152": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
+    "convnext_b": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+}
+CPU_INPUT_SIZE = 128
+CPU_PROFILE: tuple[BackboneSpec, ...] = tuple(
+    replace(spec, name=spec.name + CPU_SUFFIX, pretrained_tag=None, pretraining="none (random init)",
+            input_size=CPU_INPUT_SIZE, kwargs=_CPU_OVERRIDES[spec.name],
+            note="Shrunk CPU sibling for tests and the phantom demo; not the paper's model.")
+    for spec in PAPER_PROFILE
+)
+
+PROFILES: dict[str, tuple[BackboneSpec, ...]] = {"paper": PAPER_PROFILE, "cpu": CPU_PROFILE}
+_REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in PAPER_PROFILE + CPU_PROFILE}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a row to the registry (e.g. a seventh model); refuses to overwrite an existing name."""
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise BackboneError(f"A different backbone is already registered as {spec.name!r}.")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """Look a backbone up by registry name; ``hf:<model id>`` builds a transformers row on the fly."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name.startswith(HF_PREFIX):
+        return register(transformers_spec(name[len(HF_PREFIX):]))
+    known = ", ".join(sorted(_REGISTRY))
+    raise BackboneError(f"Unknown backbone {name!r}. Known: {known}; or 'hf:<Hugging Face model id>'.")
+
+
+def profile(name: str) -> tuple[BackboneSpec, ...]:
+    """The six backbones of a profile: "paper" or "cpu"."""
+    if name not in PROFILES:
+        raise BackboneError(f"Unknown profile {name!r}; expected one of {', '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
+def transformers_spec(
+    model_id: str,
+    *,
+    config: dict | None = None,
+    display_name: str | None = None,
+    input_size: int | None = None,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> BackboneSpec:
+    """A row for any Hugging Face image backbone; its architecture config is stored so rebuilds stay offline.
+
+    ``config`` (a transformers config dict with ``model_type``) skips the Hub, e.g. for tiny random test models.
+    """
+    from transformers import AutoConfig
+
+    if config is None:
+        try:
+            config = AutoConfig.from_pretrained(model_id).to_dict()
+        except OSError as error:
+            raise BackboneError(
+                f"Could not fetch the config of {model_id!r} from the Hugging Face Hub or its cache: {error}"
+            ) from None
+    size = input_size or int(config.get("image_size", 224))
+    return BackboneSpec(
+        name=HF_PREFIX + model_id, display_name=display_name or model_id.split("/")[-1], source="transformers",
+        architecture=model_id, pretrained_tag="hub", pretraining=f"as published in {model_id}",
+        input_size=size, mean=mean, std=std, interpolation="bicubic", kwargs={"config": config},
+    )
+
+
+class Backbone(nn.Module):
+    """Common interface: ``features(x) -> (B, D)``, ``num_features``, ``data_config``, ``layer_groups()``."""
+
+    spec: BackboneSpec
+    num_features: int
+
+    @property
+    def data_config(self) -> DataConfig:
+        return self.spec.data_config
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.features(images)
+
+    def load_pretrained_weights(self) -> None:
+        """Fetch the spec's pretrained weights (Hub or cache) into this backbone."""
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters grouped by the module that owns them, ordered input -> output ("layers" to unfreeze)."""
+        groups: dict[str, list[nn.Parameter]] = {}
+        for name, parameter in self.named_parameters():
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            groups.setdefault(owner, []).append(parameter)
+        return list(groups.values())
+
+
+class TimmBackbone(Backbone):
+    """A timm model with its classifier removed (``num_classes=0`` gives pooled features)."""
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = timm.create_model(spec.architecture, pretrained=False, num_classes=0, **spec.kwargs)
+        self.num_features = int(self.model.num_features)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images)
+
+    def load_pretrained_weights(self) -> None:
+        if not self.spec.pretrained_tag:
+            name = f"{self.spec.display_name} ({self.spec.name})"
+            raise PretrainedWeightsUnavailable(f"{name} has no pretrained weights.")
+        tagged = f"{self.spec.architecture}.{self.spec.pretrained_tag}"
+        try:
+            pretrained = timm.create_model(tagged, pretrained=True, num_classes=0, **self.spec.kwargs)
+        except Exception as error:  # noqa: BLE001 - offline / cache miss surfaces as many error types
+            raise PretrainedWeightsUnavailable(_offline_message(tagged, error)) from None
+        self.model.load_state_dict(pretrained.state_dict())
+
+
+class TransformersBackbone(Backbone):
+    """A Hugging Face transformers vision model; features are its pooled output (or the first token)."""
+
+    def __init__(self, spec: BackboneSpec) -> None:
+        super().__init__()
+        from transformers import AutoConfig, AutoModel
+
+        self.spec = spec
+        config_values = dict(spec.kwargs["config"])
+        config = AutoConfig.for_model(config_values.pop("model_type"), **config_values)
+        self.model = AutoModel.from_config(config)
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, spec.input_size, spec.input_size)
+            self.num_features = int(self.features(probe).shape[1])
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        outputs = self.model(pixel_values=images)
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is None:
+            pooled = outputs.last_hidden_state[:, 0]
+        return pooled.flatten(1)
+
+    def load_pretrained_weights(self) -> None:
+        from transformers import AutoModel
+
+        try:
+            pretrained = AutoModel.from_pretrained(self.spec.architecture, use_safetensors=True)
+        except Exception as error:  # noqa: BLE001
+            raise PretrainedWeightsUnavailable(_offline_message(self.spec.architecture, error)) from None
+        self.model.load_state_dict(pretrained.state_dict())
+
+
+_BUILDERS: dict[str, type[Backbone]] = {"timm": TimmBackbone, "transformers": TransformersBackbone}
+
+
+def build_backbone(spec: BackboneSpec | str) -> Backbone:
+    """Build a randomly initialised backbone (never downloads weights; see ``load_pretrained_weights``)."""
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    if spec.source not in _BUILDERS:
+        raise BackboneError(f"Backbone {spec.name!r} names an unknown source {spec.source!r}.")
+    try:
+        return _BUILDERS[spec.source](spec)
+    except BackboneError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a bad architecture name or override from a config file
+        raise BackboneError(f"Could not build backbone {spec.name!r} ({spec.architecture}): {error}") from None
+
+
+def _offline_message(what: str, error: Exception) -> str:
+    return (
+        f"Pretrained weights for {what} could not be loaded ({type(error).__name__}). They come from the "
+        "Hugging Face Hub: connect to the internet once (they are cached), set HF_HOME to a cache that has them, "
+        "or train from random initialisation with --no-pretrained."
+    )

@@ -1,0 +1,11 @@
+"""Turn an uploaded or dataset slice (DICOM, PNG, JPEG) into one greyscale float32 image in [0, 1].
+
+Only :class:`Slice` leaves this package: pixels plus non-identifying facts. DICOM headers, and with them every
+identifying tag (PatientName, PatientID, dates, institution...), stay inside :mod:`spinecad.imaging.dicom`.
+"""
+
+from spinecad.imaging.errors import ImageReadError
+from spinecad.imaging.reader import read_slice
+from spinecad.imaging.slice import Slice, SliceFacts
+
+__all__ = ["ImageReadError", "Slice", "SliceFacts", "read_slice"]

@@ -1,0 +1,66 @@
+"""Manifest -> loaded models: each from the Hub at its pinned revision or from its local folder.
+
+A model that fails to load is reported (name and reason) and the others still load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spinecad.manifest import Manifest, ModelEntry
+from spinecad.model import CheckpointError, SpineCADModel
+
+
+@dataclass
+class LoadedModel:
+    """A ready model, the manifest entry it came from, and where its weights were read."""
+
+    key: str
+    name: str
+    model: SpineCADModel
+    source: str  # e.g. "local: checkpoints/vit_b16" or "hub: org/repo@0123abc"
+    note: str | None = None  # e.g. why the local copy was used instead of the Hub
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A model the manifest lists that could not be loaded, and why (for the banner)."""
+
+    key: str
+    name: str
+    reason: str
+
+
+def load_manifest_models(manifest: Manifest) -> tuple[list[LoadedModel], list[LoadFailure]]:
+    """Load every manifest entry; failures are collected, never raised."""
+    loaded, failures = [], []
+    for entry in manifest.models:
+        try:
+            loaded.append(load_entry(manifest, entry))
+        except CheckpointError as error:
+            failures.append(LoadFailure(entry.key, entry.name, str(error)))
+    return loaded, failures
+
+
+def load_entry(manifest: Manifest, entry: ModelEntry) -> LoadedModel:
+    """Load one entry: Hub at the pinned revision first, the local folder when the Hub cannot serve it."""
+    local = manifest.local_path(entry)
+    hub_problem = None
+    if entry.repo_id:
+        try:
+            model = SpineCADModel.load(entry.repo_id, revision=entry.revision)
+            return LoadedModel(entry.key, entry.name, model, f"hub: {entry.repo_id}@{(entry.revision or '')[:12]}")
+        except CheckpointError as error:
+            hub_problem = str(error)
+            if local is None or not local.exists():
+                raise CheckpointError(f"{entry.name}: {hub_problem}") from None
+    assert local is not None  # the manifest reader guarantees a path or a repo_id
+    if not Path(local).exists():
+        raise CheckpointError(f"{entry.name}: no checkpoint folder at {local}.")
+    try:
+        model = SpineCADModel.load(local)
+    except CheckpointError as error:
+        raise CheckpointError(f"{entry.name}: {error}") from None
+    note = f"Hub copy unavailable ({hub_problem}); using the local copy." if hub_problem else None
+    return LoadedModel(entry.key, entry.name, model, f"local: {local}", note)

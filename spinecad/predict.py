@@ -1,0 +1,188 @@
+"""Run a set of models on one slice: every backbone once, all five levels from its features, plus the ensemble.
+
+Features are cached per image, so switching the level (or asking for all levels) costs only the heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from spinecad.imaging import Slice
+from spinecad.labels import LEVELS, SEVERITIES, level_index
+from spinecad.loading import LoadedModel, LoadFailure, load_manifest_models
+from spinecad.manifest import Manifest, read_manifest
+from spinecad.preprocess import DataConfig, slice_to_tensor
+
+ENSEMBLE = "Ensemble (mean)"
+
+
+def resolve_device(preference: str | None = None) -> torch.device:
+    """The requested device, else CUDA when present, else CPU."""
+    if preference:
+        return torch.device(preference)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class ModelOutput:
+    """One model's probabilities for all levels (L, 3) and the time its share of the work took."""
+
+    key: str
+    name: str
+    probs: np.ndarray
+    latency_ms: float
+    from_cache: bool
+
+
+@dataclass
+class Prediction:
+    """All models' probabilities for every level of one slice, and their mean (the ensemble)."""
+
+    outputs: list[ModelOutput]
+    ensemble: np.ndarray  # (L, 3)
+    device: str
+    level_names: tuple[str, ...] = LEVELS
+    class_names: tuple[str, ...] = SEVERITIES
+
+    def grade(self, probs: np.ndarray, level: str | int) -> str:
+        return self.class_names[int(np.argmax(probs[self._level(level)]))]
+
+    def agreement(self, level: str | int) -> float:
+        """Share of models whose grade equals the ensemble's grade at ``level``."""
+        ensemble_grade = self.grade(self.ensemble, level)
+        votes = [self.grade(output.probs, level) == ensemble_grade for output in self.outputs]
+        return float(np.mean(votes)) if votes else 0.0
+
+    def to_dict(self, level: str | int) -> dict:
+        """The JSON shape of the app's ``predict`` API for one level."""
+        index = self._level(level)
+
+        def row(probs: np.ndarray) -> dict:
+            values = {name: round(float(p), 6) for name, p in zip(self.class_names, probs[index], strict=True)}
+            values["grade"] = self.grade(probs, index)
+            return values
+
+        models = {
+            o.name: {**row(o.probs), "latency_ms": round(o.latency_ms, 2), "from_cache": o.from_cache}
+            for o in self.outputs
+        }
+        return {
+            "level": self.level_names[index],
+            "models": models,
+            "ensemble": {**row(self.ensemble), "agreement": round(self.agreement(index), 4)},
+            "all_levels": {
+                **{o.name: {lv: self.grade(o.probs, i) for i, lv in enumerate(self.level_names)} for o in self.outputs},
+                ENSEMBLE: {lv: self.grade(self.ensemble, i) for i, lv in enumerate(self.level_names)},
+            },
+            "device": self.device,
+        }
+
+    def _level(self, level: str | int) -> int:
+        return level if isinstance(level, int) else level_index(level)
+
+
+class Predictor:
+    """Holds loaded models on one device and predicts all of them on a slice."""
+
+    def __init__(
+        self,
+        models: list[LoadedModel],
+        failures: list[LoadFailure] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        manifest: Manifest | None = None,
+        cache_size: int = 16,
+    ) -> None:
+        self.models = models
+        self.failures = failures or []
+        self.manifest = manifest
+        self.device = resolve_device(str(device) if device else None)
+        self.cache_size = cache_size
+        self._features: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._lock = threading.Lock()  # the feature cache is shared by concurrent requests
+        for loaded in models:
+            loaded.model.eval().to(self.device)
+            if self.device.type == "cuda" and loaded.model.config.backbone_spec.channels_last:
+                loaded.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, *, device: str | None = None) -> Predictor:
+        """Load every model a manifest lists (failures are kept in ``failures``)."""
+        manifest = read_manifest(path)
+        models, failures = load_manifest_models(manifest)
+        return cls(models, failures, device=device, manifest=manifest)
+
+    @torch.inference_mode()
+    def predict(self, image: Slice | np.ndarray, *, calibrated: bool = False) -> Prediction:
+        """Probabilities of every model for every level; backbones run only for an image not seen recently."""
+        pixels = image.pixels if isinstance(image, Slice) else np.asarray(image, dtype=np.float32)
+        key = _image_key(pixels)
+        with self._lock:
+            cached = self._features.get(key)
+            if cached is not None:
+                self._features.move_to_end(key)
+        features = cached if cached is not None else {}
+        latencies: dict[str, float] = {}
+        if cached is None:
+            features, latencies = self._run_backbones(pixels)
+            with self._lock:
+                self._features[key] = features
+                while len(self._features) > self.cache_size:
+                    self._features.popitem(last=False)
+
+        outputs = []
+        for loaded in self.models:
+            start = time.perf_counter()
+            logits = loaded.model.head_all_levels(features[loaded.key].to(self.device))[0].float()
+            temperature = loaded.model.config.temperature if calibrated else 1.0
+            probs = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
+            head_ms = (time.perf_counter() - start) * 1000
+            outputs.append(ModelOutput(
+                loaded.key, loaded.name, probs, latencies.get(loaded.key, 0.0) + head_ms, from_cache=cached is not None
+            ))
+        ensemble = np.mean([o.probs for o in outputs], axis=0) if outputs else np.full((len(LEVELS), 3), np.nan)
+        return Prediction(outputs, ensemble, device=str(self.device))
+
+    def _run_backbones(self, pixels: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        inputs: dict[DataConfig, torch.Tensor] = {}  # models that share a data config share one input tensor
+        features, latencies = {}, {}
+        for loaded in self.models:
+            start = time.perf_counter()
+            config = loaded.model.data_config
+            if config not in inputs:
+                inputs[config] = slice_to_tensor(pixels, config).to(self.device)
+            batch = inputs[config]
+            if self.device.type == "cuda" and loaded.model.config.backbone_spec.channels_last:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with _autocast(self.device):
+                features[loaded.key] = loaded.model.features(batch).float()
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            latencies[loaded.key] = (time.perf_counter() - start) * 1000
+        return features, latencies
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._features.clear()
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 on CUDA is explicit and measured (bench/gpu.py); the CPU keeps full fp32 precision.
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _image_key(pixels: np.ndarray) -> str:
+    digest = hashlib.blake2b(np.ascontiguousarray(pixels).tobytes(), digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    return digest.hexdigest()

@@ -1,0 +1,81 @@
+"""The registry and the uniform backbone interface, exercised on every CPU-profile family and a transformers model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spinecad.backbones import (
+    CPU_PROFILE,
+    PAPER_PROFILE,
+    BackboneError,
+    BackboneSpec,
+    PretrainedWeightsUnavailable,
+    build_backbone,
+    get_spec,
+    profile,
+    transformers_spec,
+)
+
+TINY_VIT_CONFIG = {
+    "model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+    "intermediate_size": 64, "image_size": 64, "patch_size": 16,
+}
+
+
+def test_profiles_hold_the_paper_six_and_their_cpu_siblings():
+    assert [spec.display_name for spec in profile("paper")] == [
+        "ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"
+    ]
+    for paper, cpu in zip(PAPER_PROFILE, CPU_PROFILE, strict=True):
+        assert cpu.architecture == paper.architecture and cpu.name == paper.name + "-cpu"
+        assert paper.pretrained_tag and cpu.pretrained_tag is None
+        assert paper.input_size == 224
+    assert "in22k" in get_spec("beit_b").pretrained_tag and get_spec("beit_b").note
+
+
+@pytest.mark.parametrize("spec", CPU_PROFILE, ids=lambda s: s.name)
+def test_cpu_backbone_forward_backward_and_layer_groups(spec: BackboneSpec):
+    torch.manual_seed(0)
+    backbone = build_backbone(spec)
+    images = torch.randn(2, 3, spec.input_size, spec.input_size, requires_grad=True)
+    features = backbone.features(images)
+    assert features.shape == (2, backbone.num_features)
+    features.square().mean().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    groups = backbone.layer_groups()
+    flat = [p for group in groups for p in group]
+    assert len(flat) == len(list(backbone.parameters())) and len(groups) >= 8
+    # The last group is the layer nearest the output: its parameters received gradient.
+    assert all(p.grad is not None for p in groups[-1])
+    assert backbone.data_config.input_size == spec.input_size
+
+
+def test_spec_round_trips_through_a_dict():
+    for spec in PAPER_PROFILE + CPU_PROFILE:
+        assert BackboneSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(BackboneError, match="unknown fields"):
+        BackboneSpec.from_dict({**CPU_PROFILE[0].to_dict(), "surprise": 1})
+
+
+def test_unknown_names_are_refused_with_the_known_ones_listed():
+    with pytest.raises(BackboneError, match="Unknown backbone 'convnext_giant'.*vit_b16"):
+        get_spec("convnext_giant")
+    with pytest.raises(BackboneError, match="unknown source"):
+        build_backbone(BackboneSpec(**{**CPU_PROFILE[0].to_dict(), "source": "keras"}))
+
+
+def test_transformers_backbone_behind_the_same_interface():
+    spec = transformers_spec("example/tiny-vit", config=TINY_VIT_CONFIG, display_name="TinyViT")
+    backbone = build_backbone(spec)
+    images = torch.randn(2, 3, 64, 64)
+    assert backbone.features(images).shape == (2, 32) == (2, backbone.num_features)
+    assert backbone.data_config.input_size == 64
+    assert len(backbone.layer_groups()) >= 8
+    rebuilt = build_backbone(BackboneSpec.from_dict(spec.to_dict()))  # from config.json alone, offline
+    assert rebuilt.num_features == 32
+
+
+def test_cpu_profile_has_no_pretrained_weights_to_fetch():
+    with pytest.raises(PretrainedWeightsUnavailable, match="no pretrained weights"):
+        build_backbone(CPU_PROFILE[0]).load_pretrained_weights()
