@@ -1,0 +1,1 @@
+"""Training-side tools: dataset ingestion, splits, phantoms and the training loop."""
