@@ -89,10 +89,10 @@ PAPER_PROFILE: tuple[BackboneSpec, ...] = (
 # The same six families shrunk through timm's keyword overrides: same code paths, seconds on a CPU.
 _CPU_OVERRIDES: dict[str, dict] = {
     "vit_b16": dict(img_size=128, depth=2, embed_dim=64, num_heads=2),
-    "swin_b": dict(img_size=128, window_size=4, embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
+    "swin_b": dict(img_size=128, window_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8)),
     "beit_b": dict(img_size=128, depth=2, embed_dim=64, num_heads=2),
-    "efficientnetv2_m": dict(channel_multiplier=0.25, depth_multiplier=0.2),
-    "resnet152": dict(layers=(1, 1, 1, 1), channels=(16, 32, 64, 128), stem_width=16),
+    "efficientnetv2_m": dict(channel_multiplier=0.2, depth_multiplier=0.15),
+    "resnet152": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=16),
     "convnext_b": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
 }
 CPU_INPUT_SIZE = 128

@@ -59,7 +59,7 @@ def test_spec_round_trips_through_a_dict():
 
 
 def test_unknown_names_are_refused_with_the_known_ones_listed():
-    with pytest.raises(BackboneError, match="Unknown backbone 'convnext_giant'.*vit_b16"):
+    with pytest.raises(BackboneError, match=r"Unknown backbone 'convnext_giant'.*vit_b16"):
         get_spec("convnext_giant")
     with pytest.raises(BackboneError, match="unknown source"):
         build_backbone(BackboneSpec(**{**CPU_PROFILE[0].to_dict(), "source": "keras"}))
