@@ -36,3 +36,34 @@ def write_bytes_atomic(target: str | Path, payload: bytes) -> None:
     """Write ``payload`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_bytes(payload)
+
+
+def replace_directory(staged: str | Path, target: str | Path) -> None:
+    """Swap a fully written ``staged`` folder in for ``target``; a crash leaves the old or the new one.
+
+    The old folder is parked as ``.<name>.old`` during the swap; :func:`recover_directory` puts it back if a
+    crash came between the two renames.
+    """
+    staged, target = Path(staged), Path(target)
+    parked = target.with_name(f".{target.name}.old")
+    if parked.exists():
+        _remove_tree(parked)
+    if target.exists():
+        os.replace(target, parked)
+    os.replace(staged, target)
+    if parked.exists():
+        _remove_tree(parked)
+
+
+def recover_directory(target: str | Path) -> None:
+    """Undo a swap that a crash interrupted: restore the parked old folder when the target is missing."""
+    target = Path(target)
+    parked = target.with_name(f".{target.name}.old")
+    if parked.exists() and not target.exists():
+        os.replace(parked, target)
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -93,7 +93,7 @@ _CPU_OVERRIDES: dict[str, dict] = {
     "beit_b": dict(img_size=128, depth=2, embed_dim=64, num_heads=2),
     "efficientnetv2_m": dict(channel_multiplier=0.2, depth_multiplier=0.15),
     "resnet152": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=16),
-    "convnext_b": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128)),
+    "convnext_b": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), patch_size=2),
 }
 CPU_INPUT_SIZE = 128
 CPU_PROFILE: tuple[BackboneSpec, ...] = tuple(

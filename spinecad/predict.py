@@ -5,7 +5,6 @@ Features are cached per image, so switching the level (or asking for all levels)
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from spinecad.devices import autocast, resolve_device
 from spinecad.imaging import Slice
 from spinecad.labels import LEVELS, SEVERITIES, level_index
 from spinecad.loading import LoadedModel, LoadFailure, load_manifest_models
@@ -23,13 +23,6 @@ from spinecad.manifest import Manifest, read_manifest
 from spinecad.preprocess import DataConfig, slice_to_tensor
 
 ENSEMBLE = "Ensemble (mean)"
-
-
-def resolve_device(preference: str | None = None) -> torch.device:
-    """The requested device, else CUDA when present, else CPU."""
-    if preference:
-        return torch.device(preference)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass
@@ -101,12 +94,14 @@ class Predictor:
         device: str | torch.device | None = None,
         manifest: Manifest | None = None,
         cache_size: int = 16,
+        bf16: bool = True,
     ) -> None:
         self.models = models
         self.failures = failures or []
         self.manifest = manifest
         self.device = resolve_device(str(device) if device else None)
         self.cache_size = cache_size
+        self.bf16 = bf16  # bf16 autocast on CUDA; the CPU always runs fp32
         self._features: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._lock = threading.Lock()  # the feature cache is shared by concurrent requests
         for loaded in models:
@@ -163,7 +158,7 @@ class Predictor:
             batch = inputs[config]
             if self.device.type == "cuda" and loaded.model.config.backbone_spec.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with _autocast(self.device):
+            with autocast(self.device, bf16=self.bf16):
                 features[loaded.key] = loaded.model.features(batch).float()
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
@@ -173,13 +168,6 @@ class Predictor:
     def clear_cache(self) -> None:
         with self._lock:
             self._features.clear()
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 on CUDA is explicit and measured (bench/gpu.py); the CPU keeps full fp32 precision.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def _image_key(pixels: np.ndarray) -> str:

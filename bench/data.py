@@ -1,0 +1,86 @@
+"""Training-input throughput: the decoded-slice cache against decoding each DICOM per item (the seed repo's way).
+
+    python bench/data.py [--data-dir DIR] [--size 224] [--rounds 3]
+
+Both paths read the same phantom files (written first when no --data-dir is given) and end in the same
+augmented, normalised tensor; only where the pixels come from differs:
+  baseline  pydicom read + min-max scaling + PIL resize, for every item of every epoch
+  cached    one uint8 memory-mapped array decoded once (train/cache.py), read per item
+Prints images/s (median of interleaved rounds) and the ratio cached/baseline (target >= 10x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+from PIL import Image
+
+from spinecad.preprocess import DataConfig, normalise
+from train.cache import attach_positions, build_cache
+from train.data import CachedSlices
+from train.recipe import PAPER
+from train.rsna import build_sample_index
+
+IMAGENET = DataConfig(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def seed_repo_item(path: str, size: int) -> torch.Tensor:
+    """The seed repo's per-item loading: read the DICOM, min-max scale, PIL resize."""
+    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    pixels = (pixels - pixels.min()) / max(float(pixels.max() - pixels.min()), 1e-6)
+    resized = Image.fromarray((pixels * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0)[None]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        data_dir = args.data_dir
+        if data_dir is None:
+            from train.phantom import write_phantom_dataset
+
+            data_dir = Path(scratch) / "phantom"
+            write_phantom_dataset(data_dir, n_studies=40, seed=1)
+        index = build_sample_index(data_dir)
+        rows = index.rows[index.rows["usable"]].copy()
+        rows["file"] = [str(index.image_file(p)) for p in rows["image_path"]]
+        files = rows["file"].tolist()
+        cache = build_cache(files, Path(scratch) / "cache", args.size, progress=False)
+        rows = attach_positions(rows, cache)
+        dataset = CachedSlices(rows, cache, PAPER, augment=True)
+        augment = dataset.augment
+
+        def baseline() -> None:
+            for file in files:
+                normalise(augment(seed_repo_item(file, args.size))[None], IMAGENET)
+
+        def cached() -> None:
+            for i in range(len(dataset)):
+                normalise(dataset[i][0][None], IMAGENET)
+
+        timings: dict[str, list[float]] = {"baseline": [], "cached": []}
+        for _ in range(args.rounds):
+            for name, run in (("baseline", baseline), ("cached", cached)):
+                start = time.perf_counter()
+                run()
+                timings[name].append(len(files) / (time.perf_counter() - start))
+    base, fast = statistics.median(timings["baseline"]), statistics.median(timings["cached"])
+    print(f"{len(files)} images of {args.size} px, {args.rounds} interleaved rounds")
+    print(f"baseline (decode per item): {base:8.1f} images/s (median)")
+    print(f"cached (uint8 memmap):      {fast:8.1f} images/s (median)")
+    print(f"cached/baseline = {fast / base:.1f}x  (target >= 10x)")
+
+
+if __name__ == "__main__":
+    main()

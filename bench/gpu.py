@@ -1,0 +1,137 @@
+"""The GPU path measured in one prepared script (under 5 minutes on one CUDA GPU; also runs on the CPU).
+
+    python bench/gpu.py                          # CUDA: paper profile, 50 timed predictions, 20 training steps
+    python bench/gpu.py --profile cpu --predictions 5 --train-steps 2     # the CPU smoke run the tests use
+
+For each of the six backbones (random init; weights do not change the cost):
+  * one slice, all five levels: latency p50/p95 in fp32 and in bf16 autocast (the predictor's default on CUDA),
+    against the fp32 figure as the named baseline
+  * agreement of probabilities between the device and the CPU (max |p_device - p_cpu|), fp32 and bf16
+  * training throughput (images/s, batch 32, the cached dataset of a phantom set), bf16 autocast on CUDA
+  * peak GPU memory of the training steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from spinecad.backbones import profile
+from spinecad.devices import autocast, resolve_device
+from spinecad.loading import LoadedModel
+from spinecad.model import SpineCADModel
+from spinecad.predict import Predictor
+from train.cache import attach_positions, build_cache
+from train.data import CachedSlices, model_batch
+from train.recipe import PAPER
+from train.rsna import build_sample_index
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def prediction_latencies(
+    model: SpineCADModel, device: torch.device, bf16: bool, n: int
+) -> tuple[list[float], np.ndarray]:
+    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device, bf16=bf16)
+    rng = np.random.default_rng(0)
+    reference_image = np.random.default_rng(123).random((256, 256)).astype(np.float32)  # same for every device
+    times, probs = [], None
+    for i in range(n + 2):
+        image = rng.random((256, 256)).astype(np.float32) if i else reference_image
+        start = time.perf_counter()
+        output = predictor.predict(image).outputs[0]  # a new image each time: the backbone always runs
+        if i >= 2:
+            times.append((time.perf_counter() - start) * 1000)
+        if i == 0:
+            probs = output.probs
+    return times, probs
+
+
+def training_throughput(model: SpineCADModel, dataset: CachedSlices, device: torch.device, steps: int) -> float:
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True, num_workers=0)
+    seen, started, step = 0, None, 0
+    while step < steps + 1:
+        for images, levels, labels in loader:
+            if step == 1:  # step 0 is warm-up
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            with autocast(device):
+                logits = model(model_batch(images, model.data_config).to(device), levels.to(device))
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seen += len(labels) if step > 1 else 0
+            if step >= steps + 1:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="paper", choices=("paper", "cpu"))
+    parser.add_argument("--predictions", type=int, default=50)
+    parser.add_argument("--train-steps", type=int, default=20)
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    cpu = torch.device("cpu")
+    print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+          f"torch {torch.__version__}, profile={args.profile}")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        from train.phantom import write_phantom_dataset
+
+        write_phantom_dataset(Path(scratch) / "phantom", n_studies=16, seed=2)
+        index = build_sample_index(Path(scratch) / "phantom")
+        rows = index.rows[index.rows["usable"]].copy()
+        rows["file"] = [str(index.image_file(p)) for p in rows["image_path"]]
+        size = max(spec.input_size for spec in profile(args.profile))
+        cache = build_cache(rows["file"].tolist(), Path(scratch) / "cache", size, progress=False)
+        dataset = CachedSlices(attach_positions(rows, cache), cache, PAPER, augment=True)
+
+        header = (f"{'backbone':18s} {'fp32 p50':>9s} {'fp32 p95':>9s} {'bf16 p50':>9s} {'bf16 p95':>9s} "
+                  f"{'fp32/bf16':>9s} {'|dp| fp32':>10s} {'|dp| bf16':>10s} {'train img/s':>11s} {'peak MiB':>9s}")
+        print(header)
+        for spec in profile(args.profile):
+            torch.manual_seed(0)
+            model = SpineCADModel.build(spec.name).eval()
+            cpu_probs = prediction_latencies(_copy(model), cpu, False, 0)[1]
+            fp32, fp32_probs = prediction_latencies(_copy(model), device, False, args.predictions)
+            bf16, bf16_probs = prediction_latencies(_copy(model), device, True, args.predictions)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            throughput = training_throughput(_copy(model).to(device), dataset, device, args.train_steps)
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+            print(f"{spec.name:18s} {statistics.median(fp32):9.2f} {percentile(fp32, 95):9.2f} "
+                  f"{statistics.median(bf16):9.2f} {percentile(bf16, 95):9.2f} "
+                  f"{statistics.median(fp32) / statistics.median(bf16):9.2f} "
+                  f"{np.abs(fp32_probs - cpu_probs).max():10.2e} {np.abs(bf16_probs - cpu_probs).max():10.2e} "
+                  f"{throughput:11.1f} {peak:9.0f}")
+    print("latencies in ms (one slice, all five levels); fp32/bf16 > 1 means bf16 is faster;"
+          " |dp| = max probability difference against the CPU in fp32")
+
+
+def _copy(model: SpineCADModel) -> SpineCADModel:
+    clone = SpineCADModel(model.config)
+    clone.load_state_dict(model.state_dict())
+    return clone.eval()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Evaluate trained checkpoints on validation and test, add the ensemble, write artefacts, cards and manifest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from spinecad.backbones import PROFILES
+from spinecad.evaluation import ENSEMBLE_KEY, ModelEntry, mean_ensemble, write_split_evaluation, write_summary
+from spinecad.labels import SEVERITY_COLUMNS, row_id
+from spinecad.manifest import Manifest, write_manifest
+from spinecad.manifest import ModelEntry as ManifestEntry
+from spinecad.model import SpineCADModel
+from train.loop import predict_probs, save_checkpoint
+from train.pipeline import PreparedData
+from train.recipe import Recipe
+
+EVAL_SPLITS = ("val", "test")
+
+
+def predictions_frame(data: PreparedData, split: str, probs) -> pd.DataFrame:
+    """Kaggle-style rows (row_id, study_id, level, true severity) with the three probabilities."""
+    rows = data.rows[data.rows["split"] == split].reset_index(drop=True)
+    frame = pd.DataFrame({
+        "row_id": [row_id(study, level) for study, level in zip(rows["study_id"], rows["level"], strict=True)],
+        "study_id": rows["study_id"].to_numpy(),
+        "level": rows["level"].to_numpy(),
+        "severity": rows["severity"].to_numpy(),
+    })
+    frame[list(SEVERITY_COLUMNS)] = probs
+    return frame
+
+
+def evaluate_run(
+    output_dir: Path,
+    data: PreparedData,
+    recipe: Recipe,
+    *,
+    device: torch.device,
+    title: str,
+    demo: bool,
+    n_boot: int = 1000,
+    log: Callable[[str], None] = print,
+) -> dict[str, dict[str, dict]]:
+    """Score every checkpoint in ``output_dir`` and their mean; returns metrics by model key and split."""
+    root = output_dir / "evaluation"
+    models = _checkpoints(output_dir)
+    if not models:
+        raise ValueError(f"No trained checkpoints in {output_dir} to evaluate.")
+    by_split: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
+    results: dict[str, dict[str, dict]] = {}
+    for key, model in models:
+        model.to(device)
+        results[key] = {}
+        for split in EVAL_SPLITS:
+            probs, _ = predict_probs(model, data.dataset(split, recipe), device)
+            frame = predictions_frame(data, split, probs)
+            by_split[split].append(frame)
+            results[key][split] = write_split_evaluation(root, key, split, frame, n_boot=n_boot)["metrics"]
+        save_checkpoint(model.cpu(), output_dir / key, metrics=results[key])  # the card now carries the metrics
+        log(f"[{key}] test macro-F1 {results[key]['test']['macro_f1']:.3f}, "
+            f"accuracy {results[key]['test']['accuracy']:.3f}")
+    results[ENSEMBLE_KEY] = {
+        split: write_split_evaluation(root, ENSEMBLE_KEY, split, mean_ensemble(frames), n_boot=n_boot)["metrics"]
+        for split, frames in by_split.items()
+    }
+    entries = [ModelEntry(key, model.display_name) for key, model in models]
+    write_summary(root, [*entries, ModelEntry(ENSEMBLE_KEY, "Ensemble (mean)")], EVAL_SPLITS, demo=demo,
+                  description=title)
+    manifest = Manifest(
+        models=tuple(ManifestEntry(key=key, name=model.display_name, path=key) for key, model in models),
+        title=title, demo=demo, evaluation="evaluation",
+    )
+    write_manifest(manifest, output_dir / "manifest.json")
+    return results
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[str, SpineCADModel]]:
+    """Every checkpoint folder in ``output_dir``, in the registry's order (paper order) where known."""
+    order = [spec.name for profile_specs in PROFILES.values() for spec in profile_specs]
+    found = []
+    rank = {name: position for position, name in enumerate(order)}
+    folders = sorted(output_dir.iterdir(), key=lambda f: (rank.get(f.name, len(order)), f.name))
+    for folder in folders:
+        if folder.is_dir() and not folder.name.startswith(".") and (folder / "config.json").exists():
+            found.append((folder.name, SpineCADModel.load(folder)))
+    return found

@@ -1,0 +1,222 @@
+"""Train one model: the recipe's phases, class-weighted cross-entropy, best epoch by validation macro-F1.
+
+One plain function. After every epoch the best checkpoint (Hub format) and the resume state are replaced
+atomically, so a run killed at any point restarts from its last finished epoch and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from spinecad.atomic import recover_directory, replace_directory
+from spinecad.backbones import BackboneSpec
+from spinecad.devices import autocast
+from spinecad.evaluation import write_history
+from spinecad.labels import SEVERITIES
+from spinecad.model import ModelConfig, SpineCADModel
+from train.data import CachedSlices, model_batch
+from train.recipe import Phase, Recipe
+from train.state import ResumeState, load_state, save_state
+
+
+@dataclass
+class TrainingData:
+    """The train and validation samples, and facts about the dataset for the model card."""
+
+    train: CachedSlices
+    val: CachedSlices
+    facts: dict  # e.g. {"dataset": "phantom", "n_train": ..., "n_val": ...}
+    fingerprint: str  # changes whenever the samples or their labels change
+
+
+@dataclass
+class TrainOutcome:
+    """Where the best checkpoint is and how training went."""
+
+    key: str
+    checkpoint_dir: Path
+    history: list[dict]
+    best_epoch: int  # 1-based
+    best_score: float
+    resumed_from_epoch: int  # 0 = fresh start
+
+
+def class_weights(labels: np.ndarray) -> torch.Tensor:
+    """Inverse-frequency ("balanced") weights over the three grades; a grade absent from training gets 1."""
+    present = np.unique(labels)
+    weights = np.ones(len(SEVERITIES), dtype=np.float32)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(weights)
+
+
+def set_trainable(model: SpineCADModel, phase: Phase) -> None:
+    """Freeze the backbone except its last ``phase.backbone_layers`` layers; the head and embedding always train."""
+    groups = model.backbone.layer_groups()
+    count = len(groups) if phase.backbone_layers is None else min(phase.backbone_layers, len(groups))
+    for index, group in enumerate(groups):
+        for parameter in group:
+            parameter.requires_grad_(index >= len(groups) - count)
+    for module in (model.level_embedding, model.classifier):
+        module.requires_grad_(True)
+
+
+def train_model(
+    spec: BackboneSpec,
+    recipe: Recipe,
+    data: TrainingData,
+    output_dir: Path,
+    *,
+    device: torch.device,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainOutcome:
+    """Train ``spec`` with ``recipe``; the best epoch's model is saved to ``output_dir/<spec.name>``."""
+    checkpoint_dir = output_dir / spec.name
+    state_path = output_dir / ".state" / f"{spec.name}.safetensors"
+    recover_directory(checkpoint_dir)
+    torch.manual_seed(recipe.seed)
+    config = ModelConfig(
+        backbone=spec.to_dict(), level_dim=recipe.level_dim, hidden_dims=list(recipe.hidden_dims),
+        dropout=recipe.dropout,
+    )
+    model = SpineCADModel(config)
+    if recipe.pretrained:
+        model.backbone.load_pretrained_weights()
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    weights = class_weights(data.train.labels.numpy()) if recipe.class_weighted_loss else torch.ones(3)
+    criterion = nn.CrossEntropyLoss(weight=weights.to(device))
+    shuffler = torch.Generator().manual_seed(recipe.seed)
+    fingerprint = _fingerprint(spec, recipe, data)
+
+    resumed = load_state(state_path, model=model, optimizer=optimizer, fingerprint=fingerprint)
+    if resumed is None:
+        state = ResumeState(next_epoch=0, history=[], best_score=-math.inf, best_epoch=0)
+    else:
+        state, rng = resumed
+        torch.set_rng_state(rng["torch"])
+        shuffler.set_state(rng["shuffle"])
+        log(f"[{spec.name}] resuming after epoch {state.next_epoch} of {recipe.epochs}")
+    resumed_from = state.next_epoch
+
+    for epoch in range(state.next_epoch, recipe.epochs):
+        phase = recipe.phase_at(epoch)
+        set_trainable(model, phase)
+        started = time.perf_counter()
+        log(f"[{spec.name}] epoch {epoch + 1}/{recipe.epochs} ({phase.name})")
+        train_stats = _train_epoch(model, data.train, recipe, optimizer, criterion, shuffler, device, progress,
+                                   f"{spec.name} {epoch + 1}/{recipe.epochs}")
+        val_probs, val_loss = predict_probs(model, data.val, device, criterion=criterion)
+        val_true = data.val.labels.numpy()
+        val_pred = val_probs.argmax(axis=1)
+        row = {
+            "epoch": epoch + 1, "phase": phase.name, **train_stats,
+            "val_loss": val_loss, "val_accuracy": float(accuracy_score(val_true, val_pred)),
+            "val_macro_f1": float(f1_score(val_true, val_pred, average="macro", labels=[0, 1, 2], zero_division=0)),
+            "lr": recipe.lr, "seconds": round(time.perf_counter() - started, 3),
+        }
+        state.history.append(row)
+        if row["val_macro_f1"] > state.best_score:
+            state.best_score, state.best_epoch = row["val_macro_f1"], epoch + 1
+            model.config.training = _training_facts(recipe, data, state)
+            save_checkpoint(model, checkpoint_dir)
+        state.next_epoch = epoch + 1
+        write_history(output_dir / "evaluation", spec.name, _history_for_file(state.history))
+        save_state(state_path, model=model, optimizer=optimizer, state=state, fingerprint=fingerprint,
+                   rng={"torch": torch.get_rng_state(), "shuffle": shuffler.get_state()})
+        log(f"[{spec.name}] epoch {epoch + 1}: train loss {row['train_loss']:.3f} F1 {row['train_macro_f1']:.3f} | "
+            f"val loss {val_loss:.3f} acc {row['val_accuracy']:.3f} F1 {row['val_macro_f1']:.3f} | "
+            f"{row['seconds']:.1f} s")
+    return TrainOutcome(spec.name, checkpoint_dir, state.history, state.best_epoch, state.best_score, resumed_from)
+
+
+def _train_epoch(model, dataset, recipe, optimizer, criterion, shuffler, device, progress, label) -> dict:
+    model.train()
+    loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, generator=shuffler, num_workers=0)
+    total_loss, seen, predicted, truth = 0.0, 0, [], []
+    for images, levels, labels in tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress or None):
+        batch = model_batch(images, model.data_config).to(device)
+        levels, labels = levels.to(device), labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(device):
+            logits = model(batch, levels)
+        loss = criterion(logits.float(), labels)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss) * len(labels)
+        seen += len(labels)
+        predicted.append(logits.argmax(dim=1).cpu())
+        truth.append(labels.cpu())
+    y_pred, y_true = torch.cat(predicted).numpy(), torch.cat(truth).numpy()
+    return {
+        "train_loss": total_loss / max(seen, 1),
+        "train_accuracy": float(accuracy_score(y_true, y_pred)),
+        "train_macro_f1": float(f1_score(y_true, y_pred, average="macro", labels=[0, 1, 2], zero_division=0)),
+    }
+
+
+@torch.inference_mode()
+def predict_probs(
+    model: SpineCADModel, dataset: CachedSlices, device: torch.device, *, batch_size: int = 64,
+    criterion: nn.Module | None = None,
+) -> tuple[np.ndarray, float]:
+    """Probabilities (N, 3) for every sample in order, and the mean loss when a criterion is given."""
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    probs, total_loss = [], 0.0
+    for images, levels, labels in loader:
+        with autocast(device):
+            logits = model(model_batch(images, model.data_config).to(device), levels.to(device)).float()
+        if criterion is not None:
+            total_loss += float(criterion(logits, labels.to(device))) * len(labels)
+        probs.append(torch.softmax(logits / model.config.temperature, dim=1).cpu())
+    return torch.cat(probs).numpy().astype(np.float64), total_loss / max(len(dataset), 1)
+
+
+def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None) -> None:
+    """Write the Hub-format checkpoint to a staging folder, then swap it in for ``target`` atomically."""
+    staging = target.with_name(f".{target.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    to_save = model
+    if next(model.parameters()).device.type != "cpu":
+        to_save = SpineCADModel(model.config)
+        to_save.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    to_save.save_pretrained(staging, model_card_kwargs={"metrics": metrics} if metrics else None)
+    replace_directory(staging, target)
+
+
+def _training_facts(recipe: Recipe, data: TrainingData, state: ResumeState) -> dict:
+    return {
+        **data.facts,
+        "epochs": recipe.epochs,
+        "best_epoch": state.best_epoch,
+        "best_val_macro_f1": round(state.best_score, 6),
+        "selection": recipe.selection,
+        "seed": recipe.seed,
+        "pretrained": recipe.pretrained,
+        "recipe": recipe.as_dict(),
+    }
+
+
+def _history_for_file(history: list[dict]) -> list[dict]:
+    return [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()} for row in history]
+
+
+def _fingerprint(spec: BackboneSpec, recipe: Recipe, data: TrainingData) -> str:
+    payload = json.dumps([spec.to_dict(), recipe.as_dict(), data.fingerprint, torch.__version__], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
