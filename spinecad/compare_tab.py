@@ -1,0 +1,155 @@
+"""The app's Compare tab: Table 2 with intervals, ROC/PR curves, confusion matrices and training curves per split,
+plus an optional outside model from an uploaded Kaggle-format predictions file.
+
+Reading and scoring are ``spinecad.comparison``'s, figures ``spinecad.charts``'; this module only lays them out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from spinecad import charts, comparison, evaluation, ui_text
+from spinecad.imaging import ImageReadError
+from spinecad.scoring import ScoringError
+from spinecad.uploads import consume_upload
+
+
+class CompareTab:
+    """Builds the Compare tab's components and events inside the current ``gr.Blocks``."""
+
+    def __init__(self, evaluation_root: Path | None, loaded_keys: Sequence[str], upload_root: str | Path) -> None:
+        self.root = evaluation_root
+        self.upload_root = upload_root
+        self.problem: str | None = None
+        self._columns: dict[str, list[comparison.ColumnResults]] = {}
+        # (split, confusion model) -> table and figures without an outside model: drawn once, shown many times.
+        self._figures: dict[tuple[str, str], tuple] = {}
+        self._history = None
+        self.keys: list[str] = []
+        self.splits: tuple[str, ...] = ()
+        self.demo = False
+        if evaluation_root is None:
+            self.problem = "The model manifest names no evaluation folder, so there is nothing to compare."
+            return
+        try:
+            summary = evaluation.load_summary(evaluation_root)
+            self.keys = comparison.shown_model_keys(evaluation_root, loaded_keys)
+        except evaluation.ArtefactError as error:
+            self.problem = f"The evaluation artefacts cannot be read: {error}"
+            return
+        self.splits, self.demo = summary.splits, summary.demo
+
+    def columns(self, split: str) -> list[comparison.ColumnResults]:
+        """The stored results of the shown models on ``split`` (read once, then kept)."""
+        if split not in self._columns:
+            try:
+                self._columns[split] = comparison.load_columns(self.root, split, self.keys)
+            except evaluation.ArtefactError as error:
+                raise gr.Error(f"The evaluation artefacts cannot be read: {error}", print_exception=False) from None
+        return self._columns[split]
+
+    def default_confusion(self, split: str) -> str:
+        """The ensemble's confusion matrix first (the evaluation lists it last)."""
+        return self.columns(split)[-1].name
+
+    def views(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
+        """Table, ROC, PR, confusion picker, confusion figure and the outside model's note for one split."""
+        columns, note = list(self.columns(split)), ""
+        if outside is not None:
+            try:
+                n_boot = (columns[0].intervals or {}).get("n_boot", 1000)
+                labels = comparison.split_labels(self.root, split, self.keys[0])
+                columns.append(comparison.score_outside(outside, labels, n_boot=n_boot))
+                note = f"**{comparison.OUTSIDE_NAME}**: {columns[-1].note}"
+            except ScoringError as error:
+                note = f"✖ {comparison.OUTSIDE_NAME} cannot be scored on this split: {error}"
+        names = [c.name for c in columns]
+        chosen = confusion_name if confusion_name in names else self.default_confusion(split)
+        stored_only = len(columns) == len(self.columns(split))  # no outside column: the drawing can be kept
+        figures = self._figures.get((split, chosen)) if stored_only else None
+        if figures is None:
+            figures = self._draw(columns, split, chosen)
+            if stored_only:
+                self._figures[(split, chosen)] = figures
+        table, roc, pr, matrix = figures
+        return table, roc, pr, gr.update(choices=names, value=chosen), matrix, note
+
+    def _draw(self, columns: list[comparison.ColumnResults], split: str, chosen: str) -> tuple:
+        confusion = next(c for c in columns if c.name == chosen)
+        title = f"{chosen} on the {comparison.SPLIT_NAMES.get(split, split).lower()} split"
+        return (_two_line_cells(comparison.metrics_table(columns)), charts.roc_figure(columns),
+                charts.pr_figure(columns), charts.confusion_figure(confusion.confusion, title))
+
+    def opened(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
+        """Everything the tab shows, drawn when it is opened (so startup stays fast and Plotly sizes to view)."""
+        if self._history is None:
+            self._history = charts.history_figure(comparison.load_histories(self.root, self.keys))
+        return (*self.views(split, outside, confusion_name), self._history)
+
+    def add_outside(self, upload: str | None, split: str, confusion_name: str | None) -> tuple:
+        """Read (and delete) an uploaded predictions file and show it as one more column."""
+        try:
+            if not upload:
+                raise ScoringError("No file was uploaded.")
+            outside = comparison.read_outside_predictions(consume_upload(upload, self.upload_root))
+        except (ImageReadError, ScoringError) as error:
+            return (None, None, *self.views(split, None, confusion_name)[:-1], f"✖ {error}")
+        return (outside, None, *self.views(split, outside, confusion_name))
+
+    def render(self, tab: gr.Tab) -> None:
+        """Lay the tab out inside ``tab`` and wire its events."""
+        if self.problem:
+            gr.Markdown(f"### Nothing to compare yet\n\n{self.problem}")
+            return
+        intro = ui_text.COMPARE_INTRO + (ui_text.COMPARE_DEMO_NOTE if self.demo else "")
+        gr.Markdown(intro)
+        default_split = "test" if "test" in self.splits else self.splits[0]
+        split = gr.Radio([(comparison.SPLIT_NAMES.get(s, s), s) for s in self.splits], value=default_split,
+                         label="Split", elem_id="split-picker")
+        metrics = gr.Dataframe(label="Table 2: every model on this split (95% interval under each value)",
+                               interactive=False, wrap=True, datatype="markdown", max_height=2000,
+                               elem_id="metrics-table")
+        with gr.Accordion("How to read these numbers", open=False):
+            gr.Markdown(ui_text.METRICS_EXPLAINED)
+        with gr.Row():
+            outside_upload = gr.File(label="Add your own model (Kaggle-format CSV)", file_types=[".csv"],
+                                     type="filepath", height=110, elem_id="predictions-upload")
+            with gr.Column():
+                gr.Markdown(ui_text.OUTSIDE_HELP)
+                outside_note = gr.Markdown("", elem_id="outside-note")
+                remove = gr.Button("Remove the uploaded model", size="sm")
+        outside_state = gr.State(None)
+        gr.Markdown(f"### ROC curves\n{ui_text.CURVES_EXPLAINED}")
+        roc_plot = gr.Plot(show_label=False, elem_id="roc-plot")
+        gr.Markdown("### Precision-recall curves")
+        pr_plot = gr.Plot(show_label=False, elem_id="pr-plot")
+        gr.Markdown("### Confusion matrix")
+        confusion_picker = gr.Dropdown(label="Model", elem_id="confusion-picker")
+        confusion_plot = gr.Plot(show_label=False, elem_id="confusion-plot")
+        gr.Markdown(f"### Training curves\n{ui_text.HISTORY_EXPLAINED}")
+        history_plot = gr.Plot(show_label=False, elem_id="history-plot")
+
+        views = [metrics, roc_plot, pr_plot, confusion_picker, confusion_plot, outside_note]
+        private = {"api_visibility": "private"}
+        tab.select(self.opened, [split, outside_state, confusion_picker], [*views, history_plot], **private)
+        split.change(self.views, [split, outside_state, confusion_picker], views, **private)
+        outside_upload.upload(self.add_outside, [outside_upload, split, confusion_picker],
+                              [outside_state, outside_upload, *views], **private)
+        remove.click(lambda s, c: (None, *self.views(s, None, c)), [split, confusion_picker],
+                     [outside_state, *views], **private)
+        confusion_picker.input(self.views, [split, outside_state, confusion_picker], views, **private)
+
+
+def _two_line_cells(table: pd.DataFrame) -> pd.DataFrame:
+    # "0.872 [0.851, 0.890]" -> the estimate over its smaller interval: narrow columns a room can read.
+    def split(cell: object) -> object:
+        if not isinstance(cell, str) or " [" not in cell:
+            return cell
+        estimate, interval = cell.split(" [", 1)
+        return f"{estimate}<br><small>{interval.rstrip(']').replace(', ', '–')}</small>"
+
+    return table.map(split)

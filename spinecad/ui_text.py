@@ -1,0 +1,157 @@
+"""The words of the app, written for radiologists, students and a lecture audience rather than ML engineers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from spinecad.loading import LoadedModel, LoadFailure
+
+TITLE = "SpineCAD: how narrow is the lumbar spinal canal?"
+
+PREDICT_INTRO = (
+    "Give the app **one axial T2-weighted MRI slice through a lumbar disc** and tell it which disc it is. "
+    "Six AI models, each built on a different well-known image network, estimate how narrow the spinal canal is "
+    "there; the **ensemble** is the average of the six."
+)
+
+UPLOAD_HELP = "DICOM (with or without .dcm), PNG or JPEG. The file is deleted from the server as soon as it is read."
+
+GRADES_EXPLAINED = """\
+**What the grades mean**
+
+- **Normal/Mild**: the dural sac (the bright, fluid-filled tube around the nerve roots) keeps its round shape;
+  little or no narrowing.
+- **Moderate**: the sac is clearly narrowed or flattened, but fluid still surrounds the nerve roots.
+- **Severe**: the sac is squeezed so much that the nerve roots are crowded together with little or no fluid
+  between them.
+
+The percentages are each model's confidence in each grade (they add up to 100%). When the models disagree, look at
+the image yourself: disagreement is a sign the case is borderline or unlike what the models were trained on.
+
+**This is a research demonstration, not a diagnosis.** It has not been validated for clinical use and must not
+guide the care of a patient.
+"""
+
+PREVIEW_CAPTION = "What the models see: your slice after windowing, before it is resized for each model."
+PREVIEW_PLACEHOLDER = (
+    '<div class="spinecad-placeholder">Upload a slice or pick an example below: it will appear here.</div>'
+)
+RESULT_PLACEHOLDER = "*The result appears here once a slice is read.*"
+CACHED_NOTE = "*This image was seen moments ago, so its features came from the cache: the times are the heads' only.*"
+LEVEL_SWITCH_NOTE = "Switching the level re-reads the stored result: the models do not run again."
+
+COMPARE_INTRO = """\
+How well did each model grade slices it **never saw during training**? Pick the validation split (used to choose
+the best training epoch) or the test split (held back until the end). The small numbers under each value are its
+**95% confidence interval**: where the score would likely fall with another sample of patients (patient-level
+bootstrap).
+"""
+
+COMPARE_DEMO_NOTE = (
+    "\n> ⚠️ These results are on **synthetic phantom images**: they show what the tab can do, not how well the "
+    "models would grade real patients.\n"
+)
+
+METRICS_EXPLAINED = """\
+**Reading the table.** *Accuracy*: share of levels graded right. *F1*: balance of precision (how often a predicted
+grade is right) and recall (how many of the true cases were found); *macro* averages the three grades equally, so
+the rare Severe grade counts as much as Normal/Mild. *ROC-AUC*: chance that the model ranks a random case of a grade
+above a random case without it (0.5 = coin toss, 1 = perfect). *PR-AUC*: the same idea, focused on finding the cases
+of a grade; it is low for rare grades unless the model is genuinely good.
+"""
+
+CURVES_EXPLAINED = (
+    "Each panel asks one question: *is this level of that grade or not?* Curves toward the top left (ROC) or top "
+    "right (precision-recall) are better; the dotted line is what guessing would give."
+)
+
+HISTORY_EXPLAINED = "Training curves: validation solid, training dotted. A widening gap between them means overfitting."
+
+OUTSIDE_HELP = (
+    "Compare your own model: upload its predictions as a CSV with the columns `row_id,normal_mild,moderate,severe` "
+    "(the RSNA 2024 Kaggle submission format, e.g. `4003253_spinal_canal_stenosis_l4_l5,0.7,0.2,0.1`). It is scored "
+    "on the rows of the chosen split it covers, with the same code as the models above."
+)
+
+
+API_HELP = """\
+The same result, for scripts (`pip install gradio_client`):
+
+```python
+from gradio_client import Client, handle_file
+client = Client("<this Space's URL or owner/name>")
+result = client.predict(handle_file("slice.dcm"), "L4/L5", api_name="/predict")
+print(result["ensemble"]["grade"], result["all_levels"])
+```
+
+A file that cannot be read raises an error whose message says why.
+"""
+
+
+def banner_markdown(
+    *,
+    title: str,
+    demo: bool,
+    models: Sequence[LoadedModel],
+    failures: Sequence[LoadFailure],
+    device: str,
+    manifest_root: Path | None = None,
+    problem: str | None = None,
+) -> str:
+    """The banner over the app: which models serve, from where, on what; what failed; whether they are demo weights."""
+    lines = [f"## {TITLE}"]
+    if demo:
+        lines.append(
+            "> ⚠️ **Demo weights, not for clinical use.** These models were trained on *synthetic phantom images*, "
+            "not on patients' scans, to show how the app works. Their grades for a real MRI mean nothing."
+        )
+    if problem:
+        lines.append(f"> ✖ **No models could be read.** {problem}")
+    total = len(models) + len(failures)
+    if models:
+        lines.append(f"**{len(models)} of {total} models loaded** on **{_device(device)}** from *{title}*: "
+                     f"{_where_from(models, manifest_root)}.")
+    for model in models:
+        if model.note:
+            lines.append(f"- ℹ️ {model.name}: {_relative(model.note, manifest_root)}")
+    for failure in failures:
+        lines.append(f"- ✖ **{failure.name} could not be loaded**: {_relative(failure.reason, manifest_root)}")
+    if failures and models:
+        lines.append("The other models still serve; the ensemble averages the models that loaded.")
+    return "\n\n".join(lines)
+
+
+def headline_markdown(level: str, grade: str, probability: float, agreeing: int, n_models: int) -> str:
+    """One sentence a room can read from the back: the ensemble's grade and how many models agree."""
+    agreement = "all models agree" if agreeing == n_models else f"{agreeing} of {n_models} models agree"
+    return f"### {level}: **{grade}** ({probability:.0%} ensemble confidence); {agreement}."
+
+
+def warnings_markdown(warnings: Sequence[str]) -> str:
+    """The reader's warnings about the slice, or nothing."""
+    return "\n".join(f"> ⚠️ {warning}" for warning in warnings)
+
+
+def _device(device: str) -> str:
+    return "GPU (CUDA)" if device.startswith("cuda") else device.upper()
+
+
+def _where_from(models: Sequence[LoadedModel], manifest_root: Path | None) -> str:
+    """Model names grouped by where their weights were read: a local folder, or a Hub repo at a revision."""
+    groups: dict[str, list[str]] = {}
+    for model in models:
+        kind, _, where = model.source.partition(": ")
+        if kind == "hub":
+            label = f"Hub `{where}`"
+        else:
+            label = f"local folder `{_relative(str(Path(where).parent), manifest_root)}/`"
+        groups.setdefault(label, []).append(model.name)
+    return "; ".join(f"{', '.join(names)} from {label}" for label, names in groups.items())
+
+
+def _relative(text: str, manifest_root: Path | None) -> str:
+    # Server paths mean nothing to a visitor: show them from the checkpoints folder on.
+    if manifest_root is None:
+        return text
+    return text.replace(str(manifest_root.parent) + "/", "").replace(str(manifest_root.parent), ".")

@@ -1,0 +1,169 @@
+"""The real app (``python app.py``) launched as a subprocess on a fixture set and driven through gradio_client.
+
+The fixture's manifest lists the six models plus a seventh whose folder is missing, so the same launch shows a load
+failure in the banner while the six others serve.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from spinecad.examples import DEFAULT_EXAMPLES_DIR
+from spinecad.labels import LEVELS, SEVERITIES
+from spinecad.predict import ENSEMBLE
+from tests.app_fixture import MISSING_MODEL, running_app, write_fixture_set, write_manifest_with_missing_model
+
+pytestmark = pytest.mark.slow
+
+MODEL_NAMES = ["ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"]
+# An upload name that could identify a patient: it must never reach the page, the JSON or the log.
+PATIENT_FILE_NAME = "Jane_Doe_1970-01-01_lumbar"
+
+
+@pytest.fixture(scope="session")
+def fixture_manifest(tmp_path_factory) -> Path:
+    return write_fixture_set(tmp_path_factory.getbasetemp() / "spinecad-fixture")
+
+
+@pytest.fixture(scope="module")
+def app(fixture_manifest, tmp_path_factory):
+    """(url, upload dir, log path) of one app process shared by this module's tests."""
+    work = tmp_path_factory.mktemp("app")
+    temp_dir, log_path = work / "gradio-tmp", work / "app.log"
+    manifest = write_manifest_with_missing_model(fixture_manifest.parent)
+    with running_app(manifest, temp_dir, log_path) as url:
+        yield url, temp_dir, log_path
+
+
+@pytest.fixture(scope="module")
+def client(app) -> Client:
+    return Client(app[0], verbose=False)
+
+
+@pytest.fixture()
+def upload_copy(tmp_path):
+    """Copy an example under a patient-like name, as a visitor's file would be called."""
+
+    def copy(example: str, suffix: str | None = None) -> Path:
+        source = DEFAULT_EXAMPLES_DIR / example
+        target = tmp_path / (PATIENT_FILE_NAME + (source.suffix if suffix is None else suffix))
+        shutil.copyfile(source, target)
+        return target
+
+    return copy
+
+
+def _check_shape(result: dict, level: str) -> None:
+    assert result["level"] == level
+    assert list(result["models"]) == MODEL_NAMES
+    for values in [*result["models"].values(), result["ensemble"]]:
+        probs = [values[grade] for grade in SEVERITIES]
+        assert all(0.0 <= p <= 1.0 for p in probs) and abs(sum(probs) - 1.0) < 1e-4
+        assert values["grade"] == SEVERITIES[int(np.argmax(probs))]
+    for values in result["models"].values():
+        assert values["latency_ms"] >= 0.0 and isinstance(values["from_cache"], bool)
+    assert 0.0 <= result["ensemble"]["agreement"] <= 1.0
+    assert set(result["all_levels"]) == {*MODEL_NAMES, ENSEMBLE}
+    assert all(list(grades) == list(LEVELS) for grades in result["all_levels"].values())
+    assert all(result["all_levels"][name][level] == result["models"][name]["grade"] for name in MODEL_NAMES)
+    assert isinstance(result["warnings"], list)
+    assert result["device"] == "cpu"
+
+
+@pytest.mark.parametrize(("example", "suffix", "source"), [
+    ("severe_axial.dcm", ".dcm", "DICOM 192x192, DICOM window"),
+    ("moderate_monochrome1", "", "DICOM 192x192, DICOM window, MONOCHROME1 (inverted)"),
+    ("normal_axial.png", ".png", "PNG 192x192, as stored (8-bit)"),
+])
+def test_predict_returns_the_documented_json_for_every_level(client, upload_copy, example, suffix, source):
+    path = upload_copy(example, suffix)
+    for level in LEVELS:
+        shutil.copyfile(DEFAULT_EXAMPLES_DIR / example, path)
+        result = client.predict(handle_file(path), level, api_name="/predict")
+        _check_shape(result, level)
+        assert result["source"] == source
+        assert result["warnings"] == []
+        assert result["demo"] is True
+
+
+def test_a_level_switch_reuses_the_cached_backbone_features(client, tmp_path):
+    pixels = np.random.default_rng(7).integers(0, 256, size=(160, 160), dtype=np.uint8)  # an image never seen
+    path = tmp_path / "fresh.png"
+    Image.fromarray(pixels).save(path)
+    first = client.predict(handle_file(path), "L4/L5", api_name="/predict")
+    second = client.predict(handle_file(path), "L2/L3", api_name="/predict")
+    assert not any(values["from_cache"] for values in first["models"].values())
+    assert all(values["from_cache"] for values in second["models"].values())
+    # One backbone pass served every level: the first call already knew the second call's grades.
+    assert first["all_levels"] == second["all_levels"]
+
+
+def test_a_sagittal_slice_comes_with_a_warning(client, upload_copy):
+    result = client.predict(handle_file(upload_copy("sagittal.dcm")), "L4/L5", api_name="/predict")
+    assert len(result["warnings"]) == 1 and "sagittal, not axial" in result["warnings"][0]
+
+
+@pytest.mark.parametrize(("content", "name", "message"), [
+    (b"This is a radiology report, not an image.\n", "report.dcm", "The file is not a DICOM, PNG or JPEG image."),
+    (b"", "empty.dcm", "The file is empty."),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "truncated.png", "The file is not a readable DICOM, PNG or JPEG image."),
+])
+def test_a_bad_upload_gets_a_clear_message_not_a_stack_trace(client, tmp_path, content, name, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AppError) as raised:
+        client.predict(handle_file(path), "L4/L5", api_name="/predict")
+    assert str(raised.value) == message
+
+
+def test_an_unknown_level_is_refused_by_name(client, upload_copy):
+    with pytest.raises(AppError, match=r"Unknown disc level 'L6/L7'; expected one of L1/L2, L2/L3"):
+        client.predict(handle_file(upload_copy("normal_axial.png")), "L6/L7", api_name="/predict")
+
+
+def test_uploads_are_deleted_and_nothing_identifying_is_shown_or_logged(app, client, upload_copy, tmp_path):
+    _, temp_dir, log_path = app
+    result = client.predict(handle_file(upload_copy("severe_axial.dcm")), "L4/L5", api_name="/predict")
+    refused = tmp_path / "refused" / f"{PATIENT_FILE_NAME}.dcm"  # a failing request must clean up too
+    refused.parent.mkdir()
+    refused.write_bytes(b"not an image")
+    with pytest.raises(AppError):
+        client.predict(handle_file(refused), "L4/L5", api_name="/predict")
+    leftovers = [p for p in temp_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert leftovers == [], f"uploads left on the server: {leftovers}"
+    assert not [p for p in temp_dir.rglob("*") if PATIENT_FILE_NAME in p.name]
+    # The example DICOM's header names a (synthetic) patient: neither it nor the file name may surface.
+    shown = repr(result) + log_path.read_text(errors="replace")
+    assert "PHANTOM" not in shown and PATIENT_FILE_NAME not in shown
+
+
+def test_the_banner_names_the_models_their_source_the_failure_and_the_demo_warning(client):
+    banner = next(c["props"]["value"] for c in client.config["components"] if c["props"].get("elem_id") == "banner")
+    assert "Demo weights, not for clinical use" in banner and "synthetic phantom images" in banner
+    assert "6 of 7 models loaded" in banner and "on **CPU**" in banner
+    assert f"{', '.join(MODEL_NAMES)} from local folder `spinecad-fixture/`" in banner
+    assert f"{MISSING_MODEL} could not be loaded" in banner
+    assert "The other models still serve" in banner
+
+
+def test_the_server_honours_gradio_server_name_and_port_and_limits_uploads(app, client):
+    assert app[0].startswith("http://127.0.0.1:")
+    assert client.config["max_file_size"] == 64 * 2**20
+    scripted = [d["api_name"] for d in client.config["dependencies"] if d.get("api_visibility") != "private"]
+    assert scripted == ["predict"]  # the one scripted entry point; the UI's own events stay private
+
+
+def test_spaces_gpu_imports_offline_and_passes_functions_through_off_a_space():
+    import spaces  # no network: this test runs offline like the app
+
+    def run(pixels):
+        return pixels
+
+    assert spaces.GPU(run) is run and spaces.GPU(duration=60)(run) is run

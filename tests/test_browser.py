@@ -1,0 +1,137 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
+
+Screenshots of both tabs are left in ``test-artifacts/``; with SPINECAD_UPDATE_SCREENSHOTS=1 they are also copied
+to ``docs/screenshots/`` for the README, taken on the committed demo set (or SPINECAD_MANIFEST's) when it is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from spinecad.evaluation import load_predictions
+from spinecad.examples import DEFAULT_EXAMPLES_DIR
+from spinecad.labels import SEVERITY_COLUMNS
+from spinecad.manifest import default_manifest_path, read_manifest
+from tests.app_fixture import REPO, running_app, write_fixture_set
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+UPDATE_SCREENSHOTS = os.environ.get("SPINECAD_UPDATE_SCREENSHOTS") == "1"
+README_SCREENSHOTS = REPO / "docs" / "screenshots"
+MODEL_NAMES = ["ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"]
+PATIENT_FILE_NAME = "Jane_Doe_1970-01-01_lumbar.dcm"
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """(url, upload dir) of the app on the fixture set, or on the demo set when refreshing README screenshots."""
+    if UPDATE_SCREENSHOTS and default_manifest_path().is_file():
+        manifest = default_manifest_path()  # the demo set (or SPINECAD_MANIFEST's) makes the README's pictures
+    else:
+        manifest = write_fixture_set(tmp_path_factory.getbasetemp() / "spinecad-fixture")
+    work = tmp_path_factory.mktemp("browser-app")
+    with running_app(manifest, work / "gradio-tmp", work / "app.log") as url:
+        yield url, work / "gradio-tmp", manifest
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian's Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(app[0])
+        yield page
+        browser.close()
+
+
+def save_screenshot(page, name: str, artifacts_dir: Path) -> None:
+    path = artifacts_dir / name
+    page.screenshot(path=path, full_page=True)
+    if UPDATE_SCREENSHOTS:
+        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        # 256 colours are plenty for a page of flat colours and greys, at a third of the size in git.
+        Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+            README_SCREENSHOTS / name, optimize=True)
+
+
+def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path):
+    upload = tmp_path / PATIENT_FILE_NAME
+    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "severe_axial.dcm", upload)
+    page.set_input_files("#slice-upload input[type=file]", upload)
+    rows = page.locator("#model-table .virtual-row")
+    rows.nth(6).wait_for()
+    texts = rows.all_inner_texts()
+    assert len(texts) == 7  # six models and the ensemble
+    assert [text.split("\n")[0] for text in texts] == [*MODEL_NAMES, "Ensemble (mean)"]
+    page.locator("#probability-plot .js-plotly-plot svg").first.wait_for()
+    page.locator("#grade-grid .js-plotly-plot svg").first.wait_for()
+    assert page.locator("#slice-preview img").get_attribute("src").startswith("data:image/png;base64,")
+    assert page.locator("#headline").inner_text().startswith("L4/L5:")
+
+    page.locator("#level-picker").get_by_text("L2/L3").click()
+    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L2/L3:')")
+
+    # The file name could identify a patient: it is not on the page, and the upload is gone from the server.
+    assert PATIENT_FILE_NAME not in page.content()
+    leftovers = [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert leftovers == []
+    page.locator("#level-picker").get_by_text("L4/L5").click()
+    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
+    save_screenshot(page, "predict.png", artifacts_dir)
+
+
+def test_an_example_with_a_warning_shows_it_beside_the_result(page):
+    page.get_by_text("Sagittal slice (shows a warning) [n/a]").click()
+    page.wait_for_function("() => document.querySelector('#slice-warnings').innerText.includes('sagittal')")
+    page.get_by_text("Severe · DICOM [Severe]").click()
+    page.wait_for_function("() => document.querySelector('#slice-warnings').innerText.trim() === ''")
+
+
+def test_an_unreadable_upload_is_explained_in_the_result_area(page, tmp_path):
+    report = tmp_path / "report.dcm"
+    report.write_text("a radiology report, not an image")
+    page.set_input_files("#slice-upload input[type=file]", report)
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('Cannot grade this file')")
+    assert "The file is not a DICOM, PNG or JPEG image." in page.locator("#headline").inner_text()
+    assert not page.locator("#model-table").is_visible()
+
+
+def test_compare_tab_draws_its_plotly_charts(page, artifacts_dir):
+    page.get_by_role("tab", name="Compare").click()
+    for chart in ("#roc-plot", "#pr-plot", "#confusion-plot", "#history-plot"):
+        page.locator(f"{chart} .js-plotly-plot .main-svg").first.wait_for()
+        assert page.locator(f"{chart} .js-plotly-plot path.js-line, {chart} .js-plotly-plot .hm").count() > 0
+    assert "Macro F1" in page.locator("#metrics-table").inner_text()
+    page.locator("#split-picker").get_by_text("Validation").click()
+    page.wait_for_timeout(500)
+    page.locator("#split-picker").get_by_text("Test").click()
+    page.wait_for_timeout(1000)  # let Plotly finish its transition before the picture
+    save_screenshot(page, "compare.png", artifacts_dir)
+
+
+def test_an_uploaded_predictions_file_becomes_one_more_column(page, app, tmp_path):
+    stored = load_predictions(read_manifest(app[2]).evaluation_dir, "ensemble", "test")
+    submission = stored[["row_id", *SEVERITY_COLUMNS]].copy()
+    submission[list(SEVERITY_COLUMNS)] = 0.5 * submission[list(SEVERITY_COLUMNS)] + 0.5 / 3  # a blurrier model
+    path = tmp_path / "my_model_predictions.csv"
+    submission.to_csv(path, index=False)
+    page.set_input_files("#predictions-upload input[type=file]", path)
+    page.wait_for_function(
+        "() => document.querySelector('#metrics-table').innerText.includes('Your model (uploaded)')")
+    assert f"Scored on {len(stored)} of {len(stored)} labelled rows" in page.locator("#outside-note").inner_text()
+    assert "my_model_predictions" not in page.content()
+    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
