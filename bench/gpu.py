@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/gpu.py`: import this checkout
 
 from spinecad.backbones import profile
 from spinecad.devices import autocast, resolve_device
@@ -125,6 +128,9 @@ def main() -> None:
                   f"{throughput:11.1f} {peak:9.0f}")
     print("latencies in ms (one slice, all five levels); fp32/bf16 > 1 means bf16 is faster;"
           " |dp| = max probability difference against the CPU in fp32")
+    if device.type == "cpu":
+        print("on the CPU the predictor runs fp32 in both columns (bf16 autocast is CUDA-only): their difference "
+              "is noise, and peak MiB is GPU memory (nan)")
 
 
 def _copy(model: SpineCADModel) -> SpineCADModel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +25,19 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_partials(target: str | Path) -> list[Path]:
+    """Delete the staged ``.partial`` files that killed writers of ``target`` left beside it; return them.
+
+    Readers never open these (they read ``target`` only), so this is housekeeping: a killed run's staged copy of
+    a large file would otherwise stay on disk. Call it only where no other process may be writing ``target``.
+    """
+    target = Path(target)
+    stale = list(target.parent.glob(f".{glob.escape(target.name)}.*.partial"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text_atomic(target: str | Path, text: str) -> None:

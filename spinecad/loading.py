@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
+
 from spinecad.manifest import Manifest, ModelEntry
-from spinecad.model import CheckpointError, SpineCADModel
+from spinecad.model import CONFIG_FILE, CheckpointError, SpineCADModel
 
 
 @dataclass
@@ -49,6 +51,7 @@ def load_entry(manifest: Manifest, entry: ModelEntry) -> LoadedModel:
     hub_problem = None
     if entry.repo_id:
         try:
+            _require_cached_when_offline(entry)
             model = SpineCADModel.load(entry.repo_id, revision=entry.revision)
             return LoadedModel(entry.key, entry.name, model, f"hub: {entry.repo_id}@{(entry.revision or '')[:12]}")
         except CheckpointError as error:
@@ -64,3 +67,18 @@ def load_entry(manifest: Manifest, entry: ModelEntry) -> LoadedModel:
         raise CheckpointError(f"{entry.name}: {error}") from None
     note = f"Hub copy unavailable ({hub_problem}); using the local copy." if hub_problem else None
     return LoadedModel(entry.key, entry.name, model, f"local: {local}", note)
+
+
+def _require_cached_when_offline(entry: ModelEntry) -> None:
+    """Offline (HF_HUB_OFFLINE=1), say plainly that a revision missing from the local cache cannot be had.
+
+    The Hub library's own error for this case blames the internet connection without naming the revision.
+    """
+    if not huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, CONFIG_FILE, revision=entry.revision)
+    if not isinstance(cached, str):
+        raise CheckpointError(
+            f"{entry.repo_id} at revision {(entry.revision or 'main')[:12]} is not in the local Hub cache, and the "
+            "Hub is offline (HF_HUB_OFFLINE=1): download it once online, or give the entry a local \"path\"."
+        )

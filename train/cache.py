@@ -50,10 +50,9 @@ def build_cache(files: list[str], cache_dir: Path, size: int, *, progress: bool 
     key = cache_key(unique, size)
     data_path = cache_dir / f"slices-{size}-{key}.u8"
     meta_path = cache_dir / f"slices-{size}-{key}.json"
-    if data_path.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(len(meta["files"]), size, size))
-        return SliceCache(images, meta["files"], meta["failed"], size)
+    cached = _read_cache(data_path, meta_path, size)
+    if cached is not None:
+        return cached
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     decoded: list[np.ndarray] = []
@@ -78,6 +77,20 @@ def build_cache(files: list[str], cache_dir: Path, size: int, *, progress: bool 
     write_text_atomic(meta_path, json.dumps({"files": kept, "failed": failed, "size": size}))
     images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(max(len(kept), 1), size, size))
     return SliceCache(images, kept, failed, size)
+
+
+def _read_cache(data_path: Path, meta_path: Path, size: int) -> SliceCache | None:
+    """A complete cache, or None: a missing, unreadable or short file (a disk that filled up, a copy cut short)
+    means decoding again, never reading garbage or crashing on it."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        files, failed = list(meta["files"]), dict(meta["failed"])
+        shape = (max(len(files), 1), size, size)
+        if meta["size"] != size or data_path.stat().st_size != shape[0] * size * size:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):  # absent, not JSON, or not the cache's JSON
+        return None
+    return SliceCache(np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape), files, failed, size)
 
 
 def attach_positions(rows: pd.DataFrame, cache: SliceCache, file_column: str = "file") -> pd.DataFrame:

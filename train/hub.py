@@ -31,10 +31,11 @@ def push_run(output_dir: Path, org: str, *, private: bool = False) -> Path:
         repo_id = repo_name(org, entry.key)
         with tempfile.TemporaryDirectory() as staging_name:
             staging = Path(staging_name)
-            shutil.copytree(output_dir / (entry.path or entry.key), staging, dirs_exist_ok=True)
+            hidden = shutil.ignore_patterns(".*")  # staging folders and half-written files never leave the machine
+            shutil.copytree(output_dir / (entry.path or entry.key), staging, dirs_exist_ok=True, ignore=hidden)
             evaluation = output_dir / "evaluation" / entry.key
             if evaluation.exists():
-                shutil.copytree(evaluation, staging / "evaluation", dirs_exist_ok=True)
+                shutil.copytree(evaluation, staging / "evaluation", dirs_exist_ok=True, ignore=hidden)
             try:
                 api.create_repo(repo_id, private=private, exist_ok=True)
                 commit = api.upload_folder(repo_id=repo_id, folder_path=staging,

@@ -14,7 +14,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from spinecad.atomic import atomic_path
+from spinecad.atomic import atomic_path, remove_partials
 
 _MODEL, _OPTIMIZER, _RNG = "model.", "optimizer.", "rng."
 
@@ -57,7 +57,11 @@ def save_state(
 def load_state(
     path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
 ) -> tuple[ResumeState, dict[str, torch.Tensor]] | None:
-    """Restore model and optimizer from ``path``; None when there is no usable state for this exact run."""
+    """Restore model and optimizer from ``path``; None when there is no usable state for this exact run.
+
+    Staged copies a killed run left beside ``path`` are deleted first (only this model's run writes them).
+    """
+    remove_partials(path)
     if not path.exists():
         return None
     try:

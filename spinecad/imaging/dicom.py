@@ -14,18 +14,22 @@ import pydicom
 import pydicom.config
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
-from pydicom.uid import UID
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from spinecad.imaging.deflate import read_deflated
 from spinecad.imaging.errors import ImageReadError
+from spinecad.imaging.frames import decode_frame
 from spinecad.imaging.limits import check_declared_size
-from spinecad.imaging.slice import NOT_AXIAL_WARNING, Slice, SliceFacts
+from spinecad.imaging.slice import BURNED_IN_TEXT_WARNING, NOT_AXIAL_WARNING, Slice, SliceFacts
 from spinecad.imaging.window import auto_window, require_finite_contrast, saturation_warning
 
 # pydicom's value-validation warnings can quote header values (a birth date, a name): silence them for good.
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 _COLOUR_PHOTOMETRICS = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
+# Defined terms (PS3.3 C.7.6.3.1.2) that a message may quote; any other value is header text and is not repeated.
+_KNOWN_PHOTOMETRICS = (*_COLOUR_PHOTOMETRICS, "MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "YBR_PARTIAL_422",
+                       "HSV", "ARGB", "CMYK", "XYB")
 _PLANES = ("sagittal", "coronal", "axial")  # the plane whose normal is the patient x, y or z axis
 
 
@@ -33,31 +37,36 @@ def read_dicom(data: bytes, *, force: bool = False) -> Slice:
     """Decode one DICOM file's pixels (middle frame of a multi-frame file) into a windowed [0, 1] slice."""
     ds = _parse(data, force=force)
     rows, columns, frames = _declared_geometry(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = _photometric(ds)
+    if photometric not in (*_COLOUR_PHOTOMETRICS, "MONOCHROME1", "MONOCHROME2"):  # refused before any decoding
+        shown = repr(photometric) if photometric in _KNOWN_PHOTOMETRICS else "(an unknown value)"
+        raise ImageReadError(
+            f"The DICOM's photometric interpretation {shown} is not supported; "
+            "export the slice as greyscale (MONOCHROME2) DICOM, PNG or JPEG."
+        )
     warnings_out: list[str] = []
 
     frame = frames // 2
     if frames > 1:
         warnings_out.append(f"The file holds {frames} frames; frame {frame + 1} (the middle one) was used.")
-    stored = _decode_frame(ds, frame, frames)
+    stored = decode_frame(ds, frame, frames, rows, columns)
 
     if photometric in _COLOUR_PHOTOMETRICS:
-        # pydicom returns YBR as RGB already; luminance keeps what a greyscale MR slice would show.
-        stored = stored.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        if stored.ndim != 3 or stored.shape[-1] != 3:
+            raise ImageReadError(
+                f"The DICOM says its pixels are colour ({photometric}) but they do not decode to three channels."
+            )
+        # pydicom returns YBR as RGB already; luminance keeps what a greyscale MR slice would show. Channel by
+        # channel, so no float64 copy of all three channels is ever held.
+        stored = 0.299 * stored[..., 0] + 0.587 * stored[..., 1] + 0.114 * stored[..., 2]
         warnings_out.append(f"Colour DICOM ({photometric}) converted to greyscale; MR slices are normally greyscale.")
         photometric_used = "MONOCHROME2"
-    elif photometric in ("MONOCHROME1", "MONOCHROME2"):
-        photometric_used = photometric
     else:
-        raise ImageReadError(
-            f"The DICOM's photometric interpretation {photometric!r} is not supported; "
-            "export the slice as greyscale (MONOCHROME2) DICOM, PNG or JPEG."
-        )
-    if stored.ndim != 2:
+        photometric_used = photometric
+    if stored.ndim != 2 or stored.shape != (rows, columns):
         raise ImageReadError("The DICOM's pixel data does not decode to one 2-D image.")
 
-    with np.errstate(all="ignore"):
-        values = np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    values = _modality_values(stored, ds)
     require_finite_contrast(values)
     scaled, window, window_source, window_warning = _apply_window(values, ds, photometric_used)
     if window_warning:
@@ -71,6 +80,8 @@ def read_dicom(data: bytes, *, force: bool = False) -> Slice:
     orientation = _orientation(ds)
     if orientation not in (None, "axial"):
         warnings_out.append(NOT_AXIAL_WARNING.format(plane=orientation))
+    if _says_burned_in_text(ds):
+        warnings_out.append(BURNED_IN_TEXT_WARNING)
 
     facts = SliceFacts(
         source_format="DICOM",
@@ -80,10 +91,10 @@ def read_dicom(data: bytes, *, force: bool = False) -> Slice:
         window=window,
         window_source=window_source,
         orientation=orientation,
-        photometric=photometric,
+        photometric=photometric if photometric in _KNOWN_PHOTOMETRICS else None,
         frames=frames,
         frame_used=frame,
-        bits_stored=_int_or_none(ds.get("BitsStored")),
+        bits_stored=_int_or_none(ds, "BitsStored"),
         warnings=tuple(warnings_out),
     )
     return Slice(pixels=np.ascontiguousarray(scaled, dtype=np.float32), facts=facts)
@@ -93,7 +104,11 @@ def _parse(data: bytes, *, force: bool) -> Dataset:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(io.BytesIO(data), force=force)
+            ds = read_deflated(data, force=force)  # None unless deflated: then pydicom reads it as it is
+            if ds is None:
+                ds = pydicom.dcmread(io.BytesIO(data), force=force)
+    except ImageReadError:
+        raise
     except InvalidDicomError:
         raise ImageReadError("The file is not a valid DICOM file.") from None
     except Exception:  # noqa: BLE001 - any parser failure is the same answer for the user
@@ -119,29 +134,31 @@ def _declared_geometry(ds: Dataset) -> tuple[int, int, int]:
     return rows, columns, frames
 
 
-def _decode_frame(ds: Dataset, frame: int, frames: int) -> np.ndarray:
-    tsyntax = UID(str(ds.file_meta.get("TransferSyntaxUID", pydicom.uid.ExplicitVRLittleEndian)))
+def _photometric(ds: Dataset) -> str:
     try:
-        decoder = get_decoder(tsyntax)
-    except NotImplementedError:
-        raise ImageReadError(
-            f"The DICOM's transfer syntax {_syntax_name(tsyntax)} is not one this reader can decode; "
-            "re-export the slice uncompressed or as PNG."
-        ) from None
-    if not decoder.is_available:
-        raise ImageReadError(
-            f"The DICOM's transfer syntax {_syntax_name(tsyntax)} needs a decoder that is not installed "
-            "(see requirements.txt: pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)."
-        )
+        return str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    except Exception:  # noqa: BLE001 - a malformed value is as unsupported as an unknown one
+        return ""
+
+
+def _modality_values(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values -> modality units (rescale slope/intercept or a Modality LUT), as float64."""
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
-            return pixel_array(ds, index=frame if frames > 1 else None)
-    except Exception:  # noqa: BLE001 - decoders raise many types; the user needs one answer
+            return np.asarray(apply_modality_lut(stored, ds), dtype=np.float64)
+    except Exception:  # noqa: BLE001 - malformed rescale values or LUT; pydicom raises what its parser hit
         raise ImageReadError(
-            f"The DICOM's pixel data could not be decoded ({_syntax_name(tsyntax)}): the file is truncated or "
-            "corrupt, or uses a variant of this compression the installed decoders do not handle."
+            "The DICOM's rescale values (Rescale Slope/Intercept or Modality LUT) are malformed, so its pixel "
+            "values cannot be interpreted."
         ) from None
+
+
+def _says_burned_in_text(ds: Dataset) -> bool:
+    try:
+        return str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES"
+    except Exception:  # noqa: BLE001 - an unreadable flag says nothing
+        return False
 
 
 def _apply_window(
@@ -195,8 +212,9 @@ def _orientation(ds: Dataset) -> str | None:
         return None
     if cosines.shape != (6,) or not np.isfinite(cosines).all():
         return None
-    normal = np.cross(cosines[:3], cosines[3:])
-    if np.linalg.norm(normal) < 1e-6:
+    with np.errstate(all="ignore"):  # absurd cosines (1e300) overflow: the check below turns them away
+        normal = np.cross(cosines[:3], cosines[3:])
+    if not np.isfinite(normal).all() or np.linalg.norm(normal) < 1e-6:
         return None
     return _PLANES[int(np.argmax(np.abs(normal)))]
 
@@ -209,12 +227,8 @@ def _pixel_spacing(ds: Dataset) -> tuple[float, float] | None:
     return (row_mm, col_mm)
 
 
-def _int_or_none(value: object) -> int | None:
+def _int_or_none(ds: Dataset, keyword: str) -> int | None:
     try:
-        return int(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        return int(ds.get(keyword))
+    except Exception:  # noqa: BLE001 - absent or malformed: unknown
         return None
-
-
-def _syntax_name(tsyntax: UID) -> str:
-    return f"{tsyntax.name} ({tsyntax})" if tsyntax.is_transfer_syntax else f"'{tsyntax}'"

@@ -6,7 +6,7 @@ import io
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from spinecad.imaging.errors import ImageReadError
 from spinecad.imaging.limits import check_declared_size
@@ -14,6 +14,8 @@ from spinecad.imaging.slice import Slice, SliceFacts
 from spinecad.imaging.window import auto_window, require_finite_contrast, saturation_warning
 
 SUPPORTED_FORMATS = ("PNG", "JPEG")
+# Formats people upload by mistake, named in the refusal; their headers are identified, never decoded.
+NAMED_FORMATS = ("GIF", "TIFF", "BMP", "WEBP", "JPEG2000", "PSD", "ICO")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -21,16 +23,14 @@ def read_raster(data: bytes) -> Slice:
     """Decode a PNG or JPEG into a greyscale [0, 1] slice; 16-bit images get an automatic window."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's bomb warning: we apply our own, stricter limit below
-        try:
-            image = Image.open(io.BytesIO(data))
+        try:  # only the two decoders we support ever see the bytes: less code parsing hostile input
+            image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
         except Image.DecompressionBombError:
             raise ImageReadError("The image declares an enormous size and was not decoded.") from None
-        except (UnidentifiedImageError, OSError, ValueError):
+        except Exception:  # noqa: BLE001 - Pillow raises OSError, ValueError, SyntaxError... for broken headers
             raise ImageReadError("The file is not a readable DICOM, PNG or JPEG image.") from None
-        if image.format not in SUPPORTED_FORMATS:
-            raise ImageReadError(
-                f"{image.format or 'This'} images are not supported; upload a DICOM, PNG or JPEG slice."
-            )
+        if image.format not in SUPPORTED_FORMATS:  # e.g. MPO, a JPEG variant Pillow names apart
+            raise ImageReadError(f"{image.format} images are not supported; upload a DICOM, PNG or JPEG slice.")
         fmt = image.format
         columns, rows = image.size
         check_declared_size(rows, columns)
@@ -69,6 +69,17 @@ def read_raster(data: bytes) -> Slice:
         warnings=tuple(warnings_out),
     )
     return Slice(pixels=np.ascontiguousarray(scaled, dtype=np.float32), facts=facts)
+
+
+def other_format_name(data: bytes) -> str | None:
+    """The name of a known image format that is not supported (e.g. "GIF"), read from the header only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(io.BytesIO(data), formats=NAMED_FORMATS) as image:
+                return image.format
+        except Exception:  # noqa: BLE001 - not one of them (or a broken one): nothing to name
+            return None
 
 
 def _to_grey8(image: Image.Image) -> tuple[np.ndarray, bool]:

@@ -11,6 +11,11 @@ NOT_AXIAL_WARNING = (
     "This slice looks {plane}, not axial: the models were trained on axial T2 slices at a disc level, "
     "so their grades for it are not meaningful."
 )
+# Where a DICOM's header flags burned-in annotation (BurnedInAnnotation = YES); the text itself is never read.
+BURNED_IN_TEXT_WARNING = (
+    "The DICOM header says the image may carry burned-in text, such as patient details: the preview shows the "
+    "pixels as they are, so check it before sharing a screenshot."
+)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ def require_finite_contrast(values: np.ndarray) -> None:
     """Refuse an image with NaN/inf values or no contrast at all: no model can grade it."""
     if not np.isfinite(values).all():
         raise ImageReadError("The image's intensity values are not finite (NaN or infinity after rescaling).")
-    if float(values.max()) == float(values.min()):
+    low, high = float(values.min()), float(values.max())
+    if high == low:
         raise ImageReadError("The image is blank: every pixel has the same value.")
+    if not np.isfinite(high - low):
+        raise ImageReadError("The image's intensity values span more than floating point can hold (after rescaling).")
 
 
 def auto_window(values: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
