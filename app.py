@@ -3,8 +3,9 @@
     python app.py      # honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT; models from SPINECAD_MANIFEST or
                        # checkpoints/manifest.json
 
-A thin shell over ``spinecad``: reading, predicting, scoring, charts and wording all live there. Uploads are read
-into memory and deleted at once; the slice preview is an inline image, so no copy of it is written to disk.
+A thin shell over ``spinecad``: reading, predicting, explaining, scoring, charts and wording all live there. Uploads
+are read into memory and deleted at once; the slice preview and its heatmaps are inline images, so no copy of the
+slice is written to disk.
 """
 
 import spaces  # noqa: I001 - first: on a ZeroGPU Space it patches torch before anything imports torch
@@ -19,15 +20,17 @@ from spinecad import charts, ui_text
 from spinecad.analysis import SliceAnalysis
 from spinecad.compare_tab import CompareTab
 from spinecad.examples import DEFAULT_EXAMPLES_DIR, read_example_index
-from spinecad.imaging import ImageReadError, read_slice
+from spinecad.explain import Heatmap, explain_slice, explanation_to_dict
+from spinecad.imaging import ImageReadError, Slice, read_slice
 from spinecad.imaging.limits import MAX_FILE_BYTES
 from spinecad.labels import LEVELS, level_index
 from spinecad.manifest import ManifestError, default_manifest_path
 from spinecad.predict import Prediction, Predictor
-from spinecad.preview import preview_html
+from spinecad.preview import heatmap_gallery_html, preview_html
 from spinecad.uploads import consume_upload
 
 DEFAULT_LEVEL = "L4/L5"
+PROBABILITIES = {"raw": False, "calibrated": True}  # the switch's values -> Predictor.predict(calibrated=...)
 MODEL_CONCURRENCY = 1  # one GPU (or the CPU's cores): model runs queue one at a time
 QUEUE_SIZE = 32
 # Gradio's own cache (uploads it tracks, e.g. of requests refused before reaching us): swept every 5 minutes.
@@ -43,6 +46,13 @@ CSS = """
 #metrics-table small { font-size: 0.85em; color: var(--body-text-color-subdued); }
 .spinecad-preview figcaption, .spinecad-placeholder { font-size: 0.95rem; color: #555; margin-top: 0.4rem; }
 .spinecad-placeholder { padding: 5rem 1rem; border: 2px dashed #ccc; border-radius: 6px; text-align: center; }
+.spinecad-placeholder.spinecad-small { padding: 1.5rem 1rem; }
+.spinecad-heatmaps { display: grid; grid-template-columns: repeat(3, minmax(0, 1fr)); gap: 0.8rem; }
+.spinecad-heatmap { margin: 0; text-align: center; }
+.spinecad-heatmap img { width: 100%; border-radius: 4px; background: #000; }
+.spinecad-heatmap figcaption { font-size: 0.9rem; line-height: 1.25; margin-top: 0.25rem; }
+.spinecad-noheatmap { padding: 2rem 0.5rem; border: 1px dashed #ccc; border-radius: 4px; font-size: 0.85rem; }
+.reading-aid { font-size: 0.95rem; color: var(--body-text-color-subdued); }
 """
 
 
@@ -70,21 +80,33 @@ print(f"SpineCAD: {len(PREDICTOR.models)} model(s) on {PREDICTOR.device}, {len(P
 
 
 @spaces.GPU(duration=20)  # seconds of GPU asked per call: six backbones take well under one
-def run_models(pixels: np.ndarray) -> Prediction:
+def run_models(pixels: np.ndarray, calibrated: bool = False) -> Prediction:
     """Every model on one slice; ZeroGPU lends a GPU for the call, elsewhere the decorator does nothing."""
-    return PREDICTOR.predict(pixels)
+    return PREDICTOR.predict(pixels, calibrated=calibrated)
 
 
-def analyse(data: bytes) -> tuple[SliceAnalysis, str]:
+@spaces.GPU(duration=30)  # a forward and a backward pass per model
+def run_explain(pixels: np.ndarray, level: str) -> list[Heatmap]:
+    """Every model's heatmap for its grade at ``level``."""
+    return explain_slice(PREDICTOR.models, pixels, level, device=PREDICTOR.device)
+
+
+def analyse(data: bytes, probabilities: str = "raw") -> tuple[SliceAnalysis, str]:
     """Read a slice and run the models: the analysis and its preview; gr.Error with a plain message if unreadable."""
+    image = read_image(data)
+    analysis = SliceAnalysis(run_models(image.pixels, PROBABILITIES.get(probabilities, False)), image.facts,
+                             demo=DEMO, pixels=image.pixels)
+    return analysis, preview_html(image.pixels, f"{ui_text.PREVIEW_CAPTION} ({analysis.source})")
+
+
+def read_image(data: bytes) -> Slice:
+    """The slice in an upload, once models are there to read it; gr.Error with a plain message otherwise."""
     if not PREDICTOR.models:
         _refuse("No models are loaded, so nothing can be graded. " + (MANIFEST_PROBLEM or ""))
     try:
-        image = read_slice(data)
+        return read_slice(data)
     except ImageReadError as error:
         _refuse(str(error))
-    analysis = SliceAnalysis(run_models(image.pixels), image.facts, demo=DEMO)
-    return analysis, preview_html(image.pixels, f"{ui_text.PREVIEW_CAPTION} ({analysis.source})")
 
 
 def read_upload(upload: str | None) -> bytes:
@@ -97,15 +119,31 @@ def read_upload(upload: str | None) -> bytes:
         _refuse(str(error))
 
 
-def predict(upload: str | None, level: str) -> dict:
-    """Grade one slice (DICOM, PNG or JPEG) at one disc level with every model and their ensemble."""
+def predict(upload: str | None, level: str, probabilities: str = "raw") -> dict:
+    """Grade one slice (DICOM, PNG or JPEG) at one disc level with every model and their ensemble.
+
+    ``probabilities``: "raw", or "calibrated" for each model's temperature-scaled probabilities.
+    """
     data = read_upload(upload)
+    level = _checked_level(level)
+    if probabilities not in PROBABILITIES:
+        _refuse(f"Unknown probabilities {probabilities!r}; expected 'raw' or 'calibrated'.")
+    analysis, _ = analyse(data, probabilities)
+    return analysis.to_dict(level)
+
+
+def explain(upload: str | None, level: str) -> dict:
+    """Each model's heatmap for the grade it gives at one disc level, as PNG overlays (data URIs) with their cost."""
+    data = read_upload(upload)
+    level = _checked_level(level)
+    return explanation_to_dict(run_explain(read_image(data).pixels, level))
+
+
+def _checked_level(level: str) -> str:
     try:
-        level = LEVELS[level_index(str(level))]
+        return LEVELS[level_index(str(level))]
     except ValueError as error:
         _refuse(str(error))
-    analysis, _ = analyse(data)
-    return analysis.to_dict(level)
 
 
 def show(analysis: SliceAnalysis | None, level: str) -> tuple:
@@ -115,6 +153,8 @@ def show(analysis: SliceAnalysis | None, level: str) -> tuple:
     grade, probability = analysis.ensemble_grade(level)
     headline = ui_text.headline_markdown(level, grade, probability, analysis.agreeing_models(level),
                                          len(analysis.prediction.outputs))
+    if analysis.prediction.calibrated:
+        headline += "\n\n" + ui_text.CALIBRATED_NOTE
     if all(output.from_cache for output in analysis.prediction.outputs):
         headline += "\n\n" + ui_text.CACHED_NOTE
     return (headline, ui_text.warnings_markdown(analysis.warnings), gr.Column(visible=True),
@@ -122,25 +162,41 @@ def show(analysis: SliceAnalysis | None, level: str) -> tuple:
             charts.grade_grid_figure(analysis.prediction, level), analysis.to_dict(level))
 
 
-def on_upload(upload: str | None, level: str) -> tuple:
+def on_upload(upload: str | None, level: str, probabilities: str) -> tuple:
     """UI upload: analyse, store, show; the upload box is cleared so the file name is not left on screen."""
     try:
-        analysis, preview = analyse(read_upload(upload))
+        analysis, preview = analyse(read_upload(upload), probabilities)
     except gr.Error as error:
         return _refused_views(error)
-    return (analysis, preview, None, *show(analysis, level))
+    return (analysis, preview, None, *show(analysis, level), ui_text.HEATMAP_PLACEHOLDER)
 
 
-def on_example(label: str, level: str) -> tuple:
+def on_example(label: str, level: str, probabilities: str) -> tuple:
     """An example button: the committed file is read in place (nothing is copied or deleted)."""
     example = next((e for e in EXAMPLES if e.label == label), None)
     try:
         if example is None:
             _refuse("That example is not available.")
-        analysis, preview = analyse((DEFAULT_EXAMPLES_DIR / example.file).read_bytes())
+        analysis, preview = analyse((DEFAULT_EXAMPLES_DIR / example.file).read_bytes(), probabilities)
     except gr.Error as error:
         return _refused_views(error)
-    return (analysis, preview, None, *show(analysis, level))
+    return (analysis, preview, None, *show(analysis, level), ui_text.HEATMAP_PLACEHOLDER)
+
+
+def on_probabilities(analysis: SliceAnalysis | None, level: str, probabilities: str) -> tuple:
+    """The raw/calibrated switch: the heads run again on the cached features; the backbones do not."""
+    if analysis is None or analysis.pixels is None:
+        return (analysis, *show(analysis, level))
+    prediction = run_models(analysis.pixels, PROBABILITIES.get(probabilities, False))
+    switched = SliceAnalysis(prediction, analysis.facts, demo=analysis.demo, pixels=analysis.pixels)
+    return (switched, *show(switched, level))
+
+
+def on_explain(analysis: SliceAnalysis | None, level: str) -> str:
+    """The Explain button: every model's heatmap at the shown level, side by side."""
+    if analysis is None or analysis.pixels is None:
+        return ui_text.HEATMAP_PLACEHOLDER
+    return heatmap_gallery_html(run_explain(analysis.pixels, level))
 
 
 def _refuse(message: str) -> None:
@@ -150,7 +206,7 @@ def _refuse(message: str) -> None:
 
 def _refused_views(error: gr.Error) -> tuple:
     return (None, ui_text.PREVIEW_PLACEHOLDER, None, f"### ✖ Cannot grade this file\n\n{error.message}", "",
-            gr.Column(visible=False), None, None, None, None)
+            gr.Column(visible=False), None, None, None, None, ui_text.HEATMAP_PLACEHOLDER)
 
 
 with gr.Blocks(title="SpineCAD", analytics_enabled=False, delete_cache=CACHE_SWEEP) as demo:
@@ -169,6 +225,9 @@ with gr.Blocks(title="SpineCAD", analytics_enabled=False, delete_cache=CACHE_SWE
                     examples_box = gr.Column()
                     level = gr.Radio(list(LEVELS), value=DEFAULT_LEVEL, label="2. Disc level of the slice",
                                      elem_id="level-picker")
+                    probabilities = gr.Radio([("Raw", "raw"), ("Calibrated", "calibrated")], value="raw",
+                                             label="Probabilities", info=ui_text.PROBABILITIES_HELP,
+                                             elem_id="probabilities-picker")
                     preview = gr.HTML(ui_text.PREVIEW_PLACEHOLDER, elem_id="slice-preview")
                 with gr.Column(scale=3, min_width=420):
                     headline = gr.Markdown(ui_text.RESULT_PLACEHOLDER, elem_id="headline")
@@ -180,6 +239,11 @@ with gr.Blocks(title="SpineCAD", analytics_enabled=False, delete_cache=CACHE_SWE
                                              elem_id="model-table")
                         grid_plot = gr.Plot(show_label=False, elem_id="grade-grid")
                         gr.Markdown(ui_text.LEVEL_SWITCH_NOTE)
+                        gr.Markdown("### Where did each model look?")
+                        explain_button = gr.Button("Explain: show each model's heatmap at this level",
+                                                   variant="secondary", elem_id="explain-button")
+                        heatmaps = gr.HTML(ui_text.HEATMAP_PLACEHOLDER, elem_id="heatmap-gallery")
+                        gr.Markdown(ui_text.HEATMAP_EXPLAINED)
             views = [headline, warnings, results_box, probability_plot, table, grid_plot, result_json]
             # Every event that runs the models shares one queue slot per GPU.
             model_run = {"concurrency_limit": MODEL_CONCURRENCY, "concurrency_id": "models"}
@@ -192,8 +256,8 @@ with gr.Blocks(title="SpineCAD", analytics_enabled=False, delete_cache=CACHE_SWE
                         api_visibility="private",
                     )
                     # Run on click in the models' queue (gr.Examples' own run_on_click would bypass its limit).
-                    examples.load_input_event.then(on_example, [example_label, level],
-                                                   [analysis_state, preview, upload, *views],
+                    examples.load_input_event.then(on_example, [example_label, level, probabilities],
+                                                   [analysis_state, preview, upload, *views, heatmaps],
                                                    api_visibility="private", **model_run)
             with gr.Accordion("What the grades mean, and what this app is not", open=True):
                 gr.Markdown(ui_text.GRADES_EXPLAINED)
@@ -201,13 +265,21 @@ with gr.Blocks(title="SpineCAD", analytics_enabled=False, delete_cache=CACHE_SWE
                 result_json.render()
                 gr.Markdown(ui_text.API_HELP)
 
-            upload.upload(on_upload, [upload, level], [analysis_state, preview, upload, *views],
-                          api_visibility="private", **model_run)
+            upload.upload(on_upload, [upload, level, probabilities],
+                          [analysis_state, preview, upload, *views, heatmaps], api_visibility="private", **model_run)
             level.change(show, [analysis_state, level], views, api_visibility="private")
-            # The scripted entry point: hidden inputs, so the API owns its request and validates the level itself.
+            level.change(lambda: ui_text.HEATMAP_PLACEHOLDER, None, heatmaps, api_visibility="private")
+            probabilities.change(on_probabilities, [analysis_state, level, probabilities], [analysis_state, *views],
+                                 api_visibility="private", **model_run)
+            explain_button.click(on_explain, [analysis_state, level], heatmaps, api_visibility="private",
+                                 **model_run)
+            # The scripted entry points: hidden inputs, so the API owns its request and validates the level itself.
             api_upload, api_level = gr.File(visible=False), gr.Textbox(visible=False)
-            gr.Button(visible=False).click(predict, [api_upload, api_level], gr.JSON(visible=False),
-                                           api_name="predict", **model_run)
+            api_probabilities = gr.Textbox(value="raw", visible=False)
+            gr.Button(visible=False).click(predict, [api_upload, api_level, api_probabilities],
+                                           gr.JSON(visible=False), api_name="predict", **model_run)
+            gr.Button(visible=False).click(explain, [api_upload, api_level], gr.JSON(visible=False),
+                                           api_name="explain", **model_run)
 
         with gr.Tab("Compare", id="compare") as compare_tab:
             CompareTab(MANIFEST.evaluation_dir if MANIFEST else None,

@@ -6,7 +6,7 @@ returns as JSON (:meth:`SliceAnalysis.to_dict`). Switching the level only reads 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ class SliceAnalysis:
     prediction: Prediction
     facts: SliceFacts
     demo: bool = False  # the models are demo weights trained on synthetic phantoms
+    # The windowed pixels, kept in memory for this visitor only (heatmaps, the raw/calibrated switch); never shown
+    # in the JSON.
+    pixels: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def source(self) -> str:

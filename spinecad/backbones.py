@@ -1,7 +1,8 @@
 """The backbone registry: one table of named image backbones behind one interface.
 
 Every backbone, whatever its source (timm or transformers), is an ``nn.Module`` with ``features(x) -> (B, D)``,
-``num_features``, ``data_config`` and ``layer_groups()`` (ordered input -> output, for partial unfreezing).
+``num_features``, ``data_config``, ``layer_groups()`` (ordered input -> output, for partial unfreezing) and, for
+heatmaps, ``cam_layer()`` / ``cam_feature_map()`` (the layer a class-activation map reads, as a (B, C, H, W) map).
 Architecture differences live in the table rows below and nowhere else.
 """
 
@@ -30,6 +31,19 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights could not be fetched (offline and not in the Hugging Face cache)."""
 
 
+class HeatmapUnavailable(BackboneError):
+    """The backbone's row names no layer for class-activation maps (e.g. a transformers backbone)."""
+
+
+# How a CAM layer's output becomes a (B, C, H, W) map: None = already one (CNN stages); "tokens" = (B, N, C) with
+# class/prefix tokens first (ViT, BEiT); "nhwc" = (B, H, W, C) (timm's Swin).
+CAM_RESHAPES: tuple[str | None, ...] = (None, "tokens", "nhwc")
+# "gradcam" weights each channel by its mean gradient (the class token of a ViT pools through attention, so only
+# averaged gradients see the patches); "hirescam" multiplies gradient and activation at each location, which for
+# a globally pooled feature map is that location's own contribution to the score.
+CAM_METHODS: tuple[str, ...] = ("gradcam", "hirescam")
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """One registry row: where a backbone comes from and how it wants its input."""
@@ -47,6 +61,12 @@ class BackboneSpec:
     channels_last: bool = False  # CNNs run faster channels-last on CUDA
     kwargs: dict = field(default_factory=dict)  # timm create_model overrides / transformers config
     note: str = ""
+    cam_layer: str | None = None  # module path in the timm model for heatmaps, e.g. "layer4" or "blocks.-1.norm1"
+    cam_reshape: str | None = None  # one of CAM_RESHAPES
+    cam_method: str = "gradcam"  # one of CAM_METHODS
+
+    # Fields that change only how a model is explained, never how it is trained or what it predicts.
+    EXPLANATION_FIELDS = ("cam_layer", "cam_reshape", "cam_method")
 
     @property
     def data_config(self) -> DataConfig:
@@ -65,25 +85,38 @@ class BackboneSpec:
             raise BackboneError(f"Backbone spec has unknown fields: {', '.join(sorted(unknown))}.")
         values = dict(values)
         values["mean"], values["std"] = tuple(values["mean"]), tuple(values["std"])
+        # A config.json written before heatmaps existed has no cam_* fields: they take their defaults.
         return cls(**values)
+
+    def training_dict(self) -> dict:
+        """``to_dict`` without the explanation fields: what decides training (resume fingerprints use it)."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.EXPLANATION_FIELDS}
 
 
 # The paper's six backbones (ImageNet-pretrained, 224 px). Normalisation is each weight set's own.
+# Heatmaps read the ViTs' last block before its attention (the class token gathers the patches there) and the
+# hierarchical models' last stage (7 x 7 at 224 px).
 PAPER_PROFILE: tuple[BackboneSpec, ...] = (
     BackboneSpec("vit_b16", "ViT-B/16", "timm", "vit_base_patch16_224", "augreg_in1k", "ImageNet-1k",
-                 224, HALF, HALF, "bicubic"),
+                 224, HALF, HALF, "bicubic",
+                 cam_layer="blocks.-1.norm1", cam_reshape="tokens", cam_method="gradcam"),
     BackboneSpec("swin_b", "Swin-B", "timm", "swin_base_patch4_window7_224", "ms_in1k", "ImageNet-1k",
-                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic"),
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic",
+                 cam_layer="layers.-1", cam_reshape="nhwc", cam_method="hirescam"),
     BackboneSpec("beit_b", "BEiT-B", "timm", "beit_base_patch16_224", "in22k_ft_in22k_in1k",
                  "ImageNet-22k, fine-tuned on 22k then 1k", 224, HALF, HALF, "bicubic",
-                 note="timm has no ImageNet-1k-only BEiT-B weights; this is the closest tag."),
+                 note="timm has no ImageNet-1k-only BEiT-B weights; this is the closest tag.",
+                 cam_layer="blocks.-1.norm1", cam_reshape="tokens", cam_method="hirescam"),
     BackboneSpec("efficientnetv2_m", "EfficientNetV2-M", "timm", "tf_efficientnetv2_m", "in1k", "ImageNet-1k",
                  224, HALF, HALF, "bicubic", channels_last=True,
-                 note="Weights were trained at 384 px; the paper feeds 224 px like the other five."),
+                 note="Weights were trained at 384 px; the paper feeds 224 px like the other five.",
+                 cam_layer="bn2", cam_method="hirescam"),
     BackboneSpec("resnet152", "ResNet-152", "timm", "resnet152", "tv_in1k", "ImageNet-1k (torchvision weights)",
-                 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear", channels_last=True),
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear", channels_last=True,
+                 cam_layer="layer4", cam_method="hirescam"),
     BackboneSpec("convnext_b", "ConvNeXt-B", "timm", "convnext_base", "fb_in1k", "ImageNet-1k",
-                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic", channels_last=True),
+                 224, IMAGENET_MEAN, IMAGENET_STD, "bicubic", channels_last=True,
+                 cam_layer="stages.-1", cam_method="hirescam"),
 )
 
 # The same six families shrunk through timm's keyword overrides: same code paths, seconds on a CPU.
@@ -95,11 +128,17 @@ _CPU_OVERRIDES: dict[str, dict] = {
     "resnet152": dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=16),
     "convnext_b": dict(depths=(1, 1, 1, 1), dims=(16, 32, 64, 128), patch_size=2),
 }
+# At 128 px the hierarchical models' last stage is 4 x 4, too coarse to place a canal a few pixels wide: their CPU
+# siblings explain the stride-16 stage instead (8 x 8, the paper models' 7 x 7 grid). The ViTs keep their 8 x 8.
+_CPU_CAM_LAYERS: dict[str, str] = {
+    "swin_b": "layers.-2", "efficientnetv2_m": "blocks.-3", "resnet152": "layer3", "convnext_b": "stages.-2",
+}
 CPU_INPUT_SIZE = 128
 CPU_PROFILE: tuple[BackboneSpec, ...] = tuple(
     replace(spec, name=spec.name + CPU_SUFFIX, pretrained_tag=None, pretraining="none (random init)",
             input_size=CPU_INPUT_SIZE, kwargs=_CPU_OVERRIDES[spec.name],
-            note="Shrunk CPU sibling for tests and the phantom demo; not the paper's model.")
+            note="Shrunk CPU sibling for tests and the phantom demo; not the paper's model.",
+            cam_layer=_CPU_CAM_LAYERS.get(spec.name, spec.cam_layer))
     for spec in PAPER_PROFILE
 )
 
@@ -190,6 +229,29 @@ class Backbone(nn.Module):
             groups.setdefault(owner, []).append(parameter)
         return list(groups.values())
 
+    def cam_spec(self) -> BackboneSpec:
+        """The row whose cam_* fields apply: this spec's, or for a checkpoint saved before heatmaps existed the
+        registry's row of the same name and architecture. HeatmapUnavailable when neither names a layer."""
+        spec = self.spec
+        if spec.cam_layer is None and spec.name in _REGISTRY and _REGISTRY[spec.name].architecture == spec.architecture:
+            spec = _REGISTRY[spec.name]
+        if spec.cam_layer is None:
+            raise HeatmapUnavailable(f"{spec.display_name} ({spec.name}): its registry row names no layer for "
+                                     "heatmaps; add cam_layer (and cam_reshape) to the row to explain it.")
+        if spec.cam_reshape not in CAM_RESHAPES or spec.cam_method not in CAM_METHODS:
+            raise HeatmapUnavailable(f"{spec.display_name}: unknown cam_reshape {spec.cam_reshape!r} or cam_method "
+                                     f"{spec.cam_method!r}; expected {CAM_RESHAPES} and {CAM_METHODS}.")
+        return spec
+
+    def cam_layer(self) -> nn.Module:
+        """The module whose output a class-activation map reads."""
+        raise HeatmapUnavailable(f"{self.spec.display_name} ({self.spec.name}): heatmaps are not supported for "
+                                 f"{self.spec.source} backbones.")
+
+    def cam_feature_map(self, output: torch.Tensor) -> torch.Tensor:
+        """``cam_layer()``'s output (or its gradient) as a (B, C, H, W) map."""
+        raise HeatmapUnavailable(f"{self.spec.display_name}: heatmaps are not supported for {self.spec.source}.")
+
 
 class TimmBackbone(Backbone):
     """A timm model with its classifier removed (``num_classes=0`` gives pooled features)."""
@@ -202,6 +264,29 @@ class TimmBackbone(Backbone):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
+
+    def cam_layer(self) -> nn.Module:
+        path = self.cam_spec().cam_layer
+        module: nn.Module = self.model
+        try:
+            for part in path.split("."):
+                module = module[int(part)] if part.lstrip("-").isdigit() else getattr(module, part)
+        except (AttributeError, IndexError, TypeError):
+            raise HeatmapUnavailable(f"{self.spec.display_name}: {self.spec.architecture} has no module "
+                                     f"{path!r} (cam_layer of its registry row).") from None
+        return module
+
+    def cam_feature_map(self, output: torch.Tensor) -> torch.Tensor:
+        kind = self.cam_spec().cam_reshape
+        if kind == "nhwc":
+            return output.permute(0, 3, 1, 2)
+        if kind == "tokens":
+            # The patch grid comes from the model (input size / patch size); the tokens before it are class or
+            # register tokens, which have no place in the image.
+            rows, cols = self.model.patch_embed.grid_size
+            patches = output[:, output.shape[1] - rows * cols:, :]
+            return patches.reshape(output.shape[0], rows, cols, output.shape[2]).permute(0, 3, 1, 2)
+        return output
 
     def load_pretrained_weights(self) -> None:
         if not self.spec.pretrained_tag:

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from spinecad.comparison import ColumnResults
+from spinecad.comparison import ColumnResults, DifferenceMatrix
 from spinecad.labels import LEVELS, SEVERITIES, level_index
 from spinecad.predict import ENSEMBLE, Prediction
 
@@ -190,6 +190,101 @@ def history_figure(histories: Mapping[str, pd.DataFrame]) -> go.Figure:
     figure.update_layout(**_LAYOUT, height=420, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                          legend={"orientation": "h", "y": -0.25, "x": 0, "title": None})
     return figure
+
+
+def reliability_figure(columns: Sequence[ColumnResults], per_row: int = 4) -> go.Figure:
+    """Reliability diagram per model: confidence against share right, raw (grey) and temperature-scaled (colour).
+
+    Marker area grows with the number of levels in a bin, so the eye discounts sparse bins.
+    """
+    shown = [c for c in columns if c.reliability]
+    if not shown:
+        return message_figure("No reliability curves in the evaluation artefacts.")
+    rows = -(-len(shown) // per_row)
+    figure = make_subplots(rows=rows, cols=per_row, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.16,
+                           horizontal_spacing=0.03, subplot_titles=[_reliability_title(c) for c in shown])
+    colours = model_colours([c.name for c in columns])
+    largest = max(max(c.reliability["count"], default=1) for c in shown)
+    for k, column in enumerate(shown):
+        row, col = k // per_row + 1, k % per_row + 1
+        figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999999"},
+                                    name="perfectly calibrated", showlegend=k == 0, hoverinfo="skip"), row=row, col=col)
+        for curve, label, colour in ((column.reliability, "raw (grey)", "#9a9a9a"),
+                                     (column.reliability_calibrated, "temperature-scaled (colour)",
+                                      colours[column.name])):
+            if not curve:
+                continue
+            figure.add_trace(go.Scatter(
+                x=curve["mean_predicted"], y=curve["observed"], mode="lines+markers", name=label,
+                legendgroup=label, showlegend=k == 0,
+                customdata=curve["count"], line={"color": colour, "width": 2},
+                marker={"size": [5 + 11 * (n / largest) ** 0.5 for n in curve["count"]], "color": colour},
+                hovertemplate=(f"{column.name}, {label}<br>confidence %{{x:.2f}}: right %{{y:.0%}} of "
+                               "%{customdata} levels<extra></extra>"),
+            ), row=row, col=col)
+    figure.update_xaxes(range=[0, 1.02], dtick=0.5)
+    figure.update_yaxes(range=[0, 1.05], dtick=0.5)
+    figure.update_xaxes(title="confidence", row=rows)
+    figure.update_yaxes(title="share right", col=1)
+    figure.update_annotations(font_size=14)
+    figure.update_layout(**_LAYOUT, height=120 + 260 * rows, margin={"l": 10, "r": 10, "t": 100, "b": 10},
+                         legend={"orientation": "h", "y": 1.1, "yanchor": "bottom", "x": 0, "xanchor": "left",
+                                 "title": None})
+    return figure
+
+
+def _reliability_title(column: ColumnResults) -> str:
+    calibration = column.calibration or {}
+    calibrated = calibration.get("calibrated")
+    if "ece" not in calibration:
+        return column.name
+    if not calibrated:
+        return f"{column.name}<br>ECE {calibration['ece']:.3f}"
+    return f"{column.name}<br>ECE {calibration['ece']:.3f} → {calibrated['ece']:.3f}"
+
+
+SIGNIFICANCE_TITLES = {"macro_f1": "macro F1", "macro_roc_auc": "macro ROC-AUC"}
+
+
+def significance_figure(matrices: Sequence[DifferenceMatrix], split_name: str = "test") -> go.Figure:
+    """Per metric, row model minus column model (each pair once), its 95% interval, ★ where it excludes 0."""
+    if not matrices or len(matrices[0].names) < 2:
+        return message_figure("No significance results to show.")
+    figure = make_subplots(rows=len(matrices), cols=1, vertical_spacing=0.1,
+                           subplot_titles=[f"{SIGNIFICANCE_TITLES.get(m.metric, m.metric)}: row model − column model"
+                                           for m in matrices])
+    finite = [np.abs(m.difference[np.isfinite(m.difference)]) for m in matrices]
+    limit = max(0.05, *(float(values.max()) for values in finite if values.size))
+    for k, matrix in enumerate(matrices):
+        # Each pair once: row i against every earlier model j (the other half is the same numbers negated).
+        lower = np.tril(np.ones_like(matrix.difference, dtype=bool), k=-1)
+        z = np.where(lower, matrix.difference, np.nan)[1:, :-1]
+        text = [[_difference_cell(matrix, i, j) if lower[i, j] else "" for j in range(len(matrix.names) - 1)]
+                for i in range(1, len(matrix.names))]
+        figure.add_trace(go.Heatmap(
+            z=z, x=matrix.names[:-1], y=matrix.names[1:], zmin=-limit, zmax=limit, colorscale="RdBu",
+            showscale=k == 0, colorbar={"title": "row − column", "len": 0.5, "y": 1, "yanchor": "top"},
+            text=text, texttemplate="%{text}", textfont={"size": 13}, xgap=3, ygap=3, hoverongaps=False,
+            customdata=np.dstack([matrix.low, matrix.high])[1:, :-1],
+            hovertemplate=("%{y} − %{x}: %{z:+.3f}<br>95% interval [%{customdata[0]:+.3f}, "
+                           "%{customdata[1]:+.3f}]<extra></extra>"),
+        ), row=k + 1, col=1)
+    figure.update_yaxes(autorange="reversed")
+    figure.update_xaxes(showgrid=False)
+    figure.update_yaxes(showgrid=False)
+    size = len(matrices[0].names) - 1
+    figure.update_layout(**_LAYOUT, height=120 + len(matrices) * (70 + 58 * size),
+                         margin={"l": 10, "r": 10, "t": 80, "b": 10}, plot_bgcolor="#ffffff",
+                         title={"text": f"Is the row model better than the column model? ({split_name} split; "
+                                        "★ = 95% interval excludes 0)", "x": 0.01})
+    return figure
+
+
+def _difference_cell(matrix: DifferenceMatrix, i: int, j: int) -> str:
+    if not np.isfinite(matrix.difference[i, j]):
+        return "n/a"
+    star = " ★" if matrix.excludes_zero[i, j] else ""
+    return f"<b>{matrix.difference[i, j]:+.3f}{star}</b><br>[{matrix.low[i, j]:+.3f}, {matrix.high[i, j]:+.3f}]"
 
 
 def _is_ensemble(name: str) -> bool:

@@ -1,5 +1,6 @@
-"""The app's Compare tab: Table 2 with intervals, ROC/PR curves, confusion matrices and training curves per split,
-plus an optional outside model from an uploaded Kaggle-format predictions file.
+"""The app's Compare tab: Table 2 with intervals and calibration, ROC/PR curves, confusion matrices, reliability
+diagrams and training curves per split, the paired-bootstrap matrix of differences between models, plus an optional
+outside model from an uploaded Kaggle-format predictions file. Each chart has its reading aid beside it.
 
 Reading and scoring are ``spinecad.comparison``'s, figures ``spinecad.charts``'; this module only lays them out.
 """
@@ -29,6 +30,7 @@ class CompareTab:
         # (split, confusion model) -> table and figures without an outside model: drawn once, shown many times.
         self._figures: dict[tuple[str, str], tuple] = {}
         self._history = None
+        self._significance = None
         self.keys: list[str] = []
         self.splits: tuple[str, ...] = ()
         self.demo = False
@@ -57,7 +59,7 @@ class CompareTab:
         return self.columns(split)[-1].name
 
     def views(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
-        """Table, ROC, PR, confusion picker, confusion figure and the outside model's note for one split."""
+        """Table, ROC, PR, confusion picker, confusion figure, reliability and the outside model's note."""
         columns, note = list(self.columns(split)), ""
         if outside is not None:
             try:
@@ -75,20 +77,39 @@ class CompareTab:
             figures = self._draw(columns, split, chosen)
             if stored_only:
                 self._figures[(split, chosen)] = figures
-        table, roc, pr, matrix = figures
-        return table, roc, pr, gr.update(choices=names, value=chosen), matrix, note
+        table, roc, pr, matrix, reliability = figures
+        return table, roc, pr, gr.update(choices=names, value=chosen), matrix, reliability, note
 
     def _draw(self, columns: list[comparison.ColumnResults], split: str, chosen: str) -> tuple:
         confusion = next(c for c in columns if c.name == chosen)
         title = f"{chosen} on the {comparison.SPLIT_NAMES.get(split, split).lower()} split"
         return (_two_line_cells(comparison.metrics_table(columns)), charts.roc_figure(columns),
-                charts.pr_figure(columns), charts.confusion_figure(confusion.confusion, title))
+                charts.pr_figure(columns), charts.confusion_figure(confusion.confusion, title),
+                charts.reliability_figure(columns))
+
+    def significance(self) -> tuple:
+        """The matrix of paired differences (drawn once) and a line on how it was computed."""
+        if self._significance is None:
+            try:
+                matrices, facts = comparison.load_difference_matrices(self.root, self.keys)
+            except evaluation.ArtefactError as error:
+                missing = not evaluation.significance_path(self.root).is_file()
+                self._significance = (charts.message_figure(
+                    "No significance results: re-run the evaluation (python -m train ...)." if missing
+                    else "The significance results cannot be read."), "" if missing else f"✖ {error}")
+            else:
+                split_name = comparison.SPLIT_NAMES.get(facts["split"], facts["split"]).lower()
+                note = (f"*{facts['n_boot']} paired resamples of the {facts['n_studies']} patients of the "
+                        f"{split_name} split, seed {facts['seed']}; {100 * (1 - facts['alpha']):.0f}% percentile "
+                        "intervals.*")
+                self._significance = (charts.significance_figure(matrices, split_name), note)
+        return self._significance
 
     def opened(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
         """Everything the tab shows, drawn when it is opened (so startup stays fast and Plotly sizes to view)."""
         if self._history is None:
             self._history = charts.history_figure(comparison.load_histories(self.root, self.keys))
-        return (*self.views(split, outside, confusion_name), self._history)
+        return (*self.views(split, outside, confusion_name), self._history, *self.significance())
 
     def add_outside(self, upload: str | None, split: str, confusion_name: str | None) -> tuple:
         """Read (and delete) an uploaded predictions file and show it as one more column."""
@@ -124,24 +145,40 @@ class CompareTab:
                 remove = gr.Button("Remove the uploaded model", size="sm")
         outside_state = gr.State(None)
         gr.Markdown(f"### ROC curves\n{ui_text.CURVES_EXPLAINED}")
-        roc_plot = gr.Plot(show_label=False, elem_id="roc-plot")
+        roc_plot = _chart_with_reading_aid("roc-plot", ui_text.ROC_EXPLAINED)
         gr.Markdown("### Precision-recall curves")
-        pr_plot = gr.Plot(show_label=False, elem_id="pr-plot")
+        pr_plot = _chart_with_reading_aid("pr-plot", ui_text.PR_EXPLAINED)
         gr.Markdown("### Confusion matrix")
         confusion_picker = gr.Dropdown(label="Model", elem_id="confusion-picker")
-        confusion_plot = gr.Plot(show_label=False, elem_id="confusion-plot")
-        gr.Markdown(f"### Training curves\n{ui_text.HISTORY_EXPLAINED}")
-        history_plot = gr.Plot(show_label=False, elem_id="history-plot")
+        confusion_plot = _chart_with_reading_aid("confusion-plot", ui_text.CONFUSION_EXPLAINED)
+        gr.Markdown("### Calibration: can the percentages be taken at their word?")
+        reliability_plot = _chart_with_reading_aid("reliability-plot", ui_text.RELIABILITY_EXPLAINED)
+        gr.Markdown("### Is one model really better than another?")
+        significance_plot = _chart_with_reading_aid("significance-plot", ui_text.SIGNIFICANCE_EXPLAINED)
+        significance_note = gr.Markdown("", elem_id="significance-note")
+        gr.Markdown("### Training curves")
+        history_plot = _chart_with_reading_aid("history-plot", ui_text.HISTORY_EXPLAINED)
 
-        views = [metrics, roc_plot, pr_plot, confusion_picker, confusion_plot, outside_note]
+        views = [metrics, roc_plot, pr_plot, confusion_picker, confusion_plot, reliability_plot, outside_note]
         private = {"api_visibility": "private"}
-        tab.select(self.opened, [split, outside_state, confusion_picker], [*views, history_plot], **private)
+        tab.select(self.opened, [split, outside_state, confusion_picker],
+                   [*views, history_plot, significance_plot, significance_note], **private)
         split.change(self.views, [split, outside_state, confusion_picker], views, **private)
         outside_upload.upload(self.add_outside, [outside_upload, split, confusion_picker],
                               [outside_state, outside_upload, *views], **private)
         remove.click(lambda s, c: (None, *self.views(s, None, c)), [split, confusion_picker],
                      [outside_state, *views], **private)
         confusion_picker.input(self.views, [split, outside_state, confusion_picker], views, **private)
+
+
+def _chart_with_reading_aid(elem_id: str, reading_aid: str) -> gr.Plot:
+    """A chart with its two or three sentences on how to read it beside it."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4, min_width=520):
+            plot = gr.Plot(show_label=False, elem_id=elem_id)
+        with gr.Column(scale=1, min_width=220):
+            gr.Markdown(reading_aid, elem_classes=["reading-aid"])
+    return plot
 
 
 def _two_line_cells(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,4 +1,5 @@
-"""What the app's Compare tab shows, read from the evaluation artefacts: one column per model on one split.
+"""What the app's Compare tab shows, read from the evaluation artefacts: one column per model on one split, and the
+matrix of paired differences between models.
 
 An outside model (a Kaggle-format predictions file) becomes one more column, scored by ``spinecad.scoring`` against
 the true grades the evaluation's predictions files hold for that split, with the same metrics and curves.
@@ -33,6 +34,26 @@ class ColumnResults:
     curves: Mapping  # roc_pr per grade, as metrics.curve_points
     confusion: Mapping  # metrics.confusion_matrices
     note: str = ""
+    calibration: Mapping | None = None  # metrics.json "calibration": ece, n_bins and, when fitted, "calibrated"
+    reliability: Mapping | None = None  # metrics.reliability_curve of the raw probabilities
+    reliability_calibrated: Mapping | None = None  # ... and of the calibrated ones, when fitted
+
+
+@dataclass(frozen=True)
+class DifferenceMatrix:
+    """Row model minus column model in one metric, with the 95% interval: square arrays, NaN on the diagonal."""
+
+    metric: str
+    names: list[str]
+    difference: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def excludes_zero(self) -> np.ndarray:
+        """True where the interval lies wholly on one side of zero."""
+        with np.errstate(invalid="ignore"):
+            return (self.low > 0) | (self.high < 0)
 
 
 def shown_model_keys(root: str | Path, loaded_keys: Sequence[str]) -> list[str]:
@@ -54,8 +75,34 @@ def load_columns(root: str | Path, split: str, model_keys: Sequence[str]) -> lis
         document = evaluation.load_metrics(root, key, split)
         curves = evaluation.load_curves(root, key, split)
         columns.append(ColumnResults(names[key], document["metrics"], document["intervals"], curves["roc_pr"],
-                                     document["confusion"]))
+                                     document["confusion"], calibration=document["calibration"],
+                                     reliability=curves["reliability"],
+                                     reliability_calibrated=curves.get("reliability_calibrated")))
     return columns
+
+
+def load_difference_matrices(root: str | Path, model_keys: Sequence[str]) -> tuple[list[DifferenceMatrix], dict]:
+    """The significance artefact as one matrix per metric over the listed models (in that order), and the
+    document's facts (split, n_boot, seed, alpha, n_studies). ArtefactError when it is missing or invalid."""
+    document = evaluation.load_significance(root)
+    names = {m["key"]: m["display_name"] for m in document["models"]}
+    keys = [k for k in model_keys if k in names]
+    position = {key: i for i, key in enumerate(keys)}
+    matrices = []
+    for metric in document["metrics"]:
+        shape = (len(keys), len(keys))
+        difference, low, high = np.full(shape, np.nan), np.full(shape, np.nan), np.full(shape, np.nan)
+        for pair in document["pairs"]:
+            if pair["metric"] != metric or pair["a"] not in position or pair["b"] not in position:
+                continue
+            i, j = position[pair["a"]], position[pair["b"]]
+            values = [np.nan if pair[k] is None else pair[k] for k in ("difference", "low", "high")]
+            difference[i, j], low[i, j], high[i, j] = values
+            # b - a is the same resamples negated: its interval is the mirror image.
+            difference[j, i], low[j, i], high[j, i] = -values[0], -values[2], -values[1]
+        matrices.append(DifferenceMatrix(metric, [names[k] for k in keys], difference, low, high))
+    facts = {k: document[k] for k in ("split", "n_boot", "seed", "alpha", "n_studies", "method")}
+    return matrices, facts
 
 
 def load_histories(root: str | Path, model_keys: Sequence[str]) -> dict[str, pd.DataFrame]:
@@ -94,14 +141,36 @@ def score_outside(predictions: pd.DataFrame, labels: pd.DataFrame, *, name: str 
     if score["n_other_condition_rows"]:
         note += f"; {score['n_other_condition_rows']} row(s) of other conditions skipped"
     return ColumnResults(name, score, score["intervals"], metrics.curve_points(y_true, probs),
-                         metrics.confusion_matrices(y_true, np.argmax(probs, axis=1)), note + ".")
+                         metrics.confusion_matrices(y_true, np.argmax(probs, axis=1)), note + ".",
+                         calibration={"ece": metrics.expected_calibration_error(y_true, probs), "n_bins": 15},
+                         reliability=metrics.reliability_curve(y_true, probs))
 
 
 def metrics_table(columns: Sequence[ColumnResults], digits: int = 3) -> pd.DataFrame:
     """The paper's Table 2 for the columns, "estimate [95% interval]" per cell, ready to show."""
     table = evaluation.build_metrics_table({c.name: c.metrics for c in columns},
                                            {c.name: c.intervals for c in columns if c.intervals}, digits)
+    table = pd.concat([table, _calibration_rows(columns, digits)])
     table = table.reset_index().rename(columns={"group": "Group", "metric": "Metric"})
     # The group name once per block reads like the paper's table.
     table.loc[table["Group"].duplicated(), "Group"] = ""
     return table
+
+
+def _calibration_rows(columns: Sequence[ColumnResults], digits: int) -> pd.DataFrame:
+    """ECE before and after temperature scaling, and the temperature, under the group "Calibration"."""
+    rows = {"ECE, raw": [], "ECE, calibrated": [], "Temperature": []}
+    for column in columns:
+        calibration = column.calibration or {}
+        calibrated = calibration.get("calibrated") or {}
+        rows["ECE, raw"].append(_number(calibration.get("ece"), digits))
+        rows["ECE, calibrated"].append(_number(calibrated.get("ece"), digits))
+        temperature = calibrated.get("temperature")
+        rows["Temperature"].append(_number(temperature, 2) if temperature is not None
+                                   else ("per model" if calibrated else "n/a"))
+    index = pd.MultiIndex.from_tuples([("Calibration", label) for label in rows], names=["group", "metric"])
+    return pd.DataFrame(list(rows.values()), index=index, columns=[c.name for c in columns])
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"

@@ -9,8 +9,15 @@ Layout under an evaluation root (schema version ``SCHEMA_VERSION``)::
     <model_key>/<split>/predictions.csv   one row per (study, level): PREDICTION_COLUMNS; severity is the
                                       true grade, normal_mild/moderate/severe the predicted probabilities
     <model_key>/<split>/metrics.json  METRICS_SCHEMA: compute_metrics, bootstrap_intervals, confusion
-                                      matrices and top-label ECE of the predictions
-    <model_key>/<split>/curves.json   CURVES_SCHEMA: ROC/PR points per grade and the reliability curve
+                                      matrices and top-label ECE of the predictions (and, optionally, of the
+                                      calibrated probabilities: method, temperature, ECE)
+    <model_key>/<split>/curves.json   CURVES_SCHEMA: ROC/PR points per grade and the reliability curve (and,
+                                      optionally, the calibrated probabilities' reliability curve)
+    significance.json                 optional, SIGNIFICANCE_SCHEMA: paired patient-level bootstrap differences
+                                      in macro-F1 and macro ROC-AUC between every two models (ensemble included)
+                                      on one split, from the predictions.csv files
+
+Predictions, metrics and curves are of the raw (uncalibrated) probabilities; calibration is reported beside them.
 
 Every file is written atomically (``spinecad.atomic``) and every reader validates what it reads against the
 schemas below, raising ``ArtefactError`` naming the file; ``validate_tree`` checks a whole root.
@@ -87,6 +94,13 @@ class _ListOf:
         self.item, self.length = item, length
 
 
+class _Optional:
+    """A key that files written before it existed lack; when present it must match ``spec``."""
+
+    def __init__(self, spec: object) -> None:
+        self.spec = spec
+
+
 NUMBER, INTEGER, STRING, BOOLEAN = "number", "integer", "string", "boolean"
 _INTERVAL = {"estimate": _Nullable(NUMBER), "low": _Nullable(NUMBER), "high": _Nullable(NUMBER),
              "n_valid": INTEGER}
@@ -107,17 +121,31 @@ METRICS_SCHEMA = {
         "per_class": {grade: {name: _INTERVAL for name in metrics.CLASS_METRICS} for grade in SEVERITIES},
     },
     "confusion": {"labels": _ListOf(STRING, len(SEVERITIES)), "counts": _MATRIX, "row_normalised": _MATRIX},
-    "calibration": {"ece": NUMBER, "n_bins": INTEGER},
+    "calibration": {"ece": NUMBER, "n_bins": INTEGER,
+                    # temperature is null for the ensemble (the mean of its models' calibrated probabilities)
+                    "calibrated": _Optional({"method": STRING, "temperature": _Nullable(NUMBER), "ece": NUMBER})},
 }
 _NUMBERS = _ListOf(NUMBER)
+_RELIABILITY = {"kind": STRING, "n_bins": INTEGER, "bin_edges": _NUMBERS, "mean_predicted": _NUMBERS,
+                "observed": _NUMBERS, "count": _ListOf(INTEGER)}
 CURVES_SCHEMA = {
     **_HEADER,
     "roc_pr": {grade: {"prevalence": NUMBER,
                        "roc": _Nullable({"fpr": _NUMBERS, "tpr": _NUMBERS, "thresholds": _ListOf(_Nullable(NUMBER))}),
                        "pr": _Nullable({"recall": _NUMBERS, "precision": _NUMBERS})}
                for grade in SEVERITIES},
-    "reliability": {"kind": STRING, "n_bins": INTEGER, "bin_edges": _NUMBERS, "mean_predicted": _NUMBERS,
-                    "observed": _NUMBERS, "count": _ListOf(INTEGER)},
+    "reliability": _RELIABILITY,
+    "reliability_calibrated": _Optional(_RELIABILITY),
+}
+SIGNIFICANCE_METRICS: tuple[str, ...] = ("macro_f1", "macro_roc_auc")
+SIGNIFICANCE_SCHEMA = {
+    "schema_version": INTEGER, "split": STRING, "method": STRING, "n_boot": INTEGER, "seed": INTEGER,
+    "alpha": NUMBER, "n_studies": INTEGER, "metrics": _ListOf(STRING),
+    "models": _ListOf({"key": STRING, "display_name": STRING}),
+    # one entry per metric and unordered pair: difference = metric of a minus metric of b
+    "pairs": _ListOf({"a": STRING, "b": STRING, "metric": STRING, "difference": _Nullable(NUMBER),
+                      "mean_difference": _Nullable(NUMBER), "low": _Nullable(NUMBER), "high": _Nullable(NUMBER),
+                      "n_valid": INTEGER, "p_value": _Nullable(NUMBER)}),
 }
 SUMMARY_SCHEMA = {
     "schema_version": INTEGER, "created_at": STRING, "demo": BOOLEAN, "description": STRING,
@@ -139,8 +167,10 @@ def _check(value: object, spec: object, where: str) -> None:
             raise _Mismatch(f"{where}: expected an object, got {type(value).__name__}")
         for key, item_spec in spec.items():
             if key not in value:
+                if isinstance(item_spec, _Optional):
+                    continue
                 raise _Mismatch(f"{where}: missing key {key!r}")
-            _check(value[key], item_spec, f"{where}.{key}")
+            _check(value[key], item_spec.spec if isinstance(item_spec, _Optional) else item_spec, f"{where}.{key}")
     elif isinstance(spec, _ListOf):
         if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length):
             raise _Mismatch(f"{where}: expected a list" + (f" of {spec.length}" if spec.length else ""))
@@ -185,6 +215,11 @@ def metrics_path(root: str | Path, model_key: str, split: str) -> Path:
 def curves_path(root: str | Path, model_key: str, split: str) -> Path:
     """Where a model's curves.json for a split lives."""
     return _split_dir(root, model_key, split) / "curves.json"
+
+
+def significance_path(root: str | Path) -> Path:
+    """Where an evaluation root's significance.json lives."""
+    return Path(root) / "significance.json"
 
 
 def _checked_key(model_key: str) -> str:
@@ -318,10 +353,14 @@ def _read_split_json(path: Path, schema: dict, model_key: str, split: str) -> di
 # ---- Writers ------------------------------------------------------------------------------------------------
 
 def write_split_evaluation(root: str | Path, model_key: str, split: str, predictions_df: pd.DataFrame,
-                           n_boot: int = 1000, seed: int = 0, n_bins: int = 15) -> dict:
+                           n_boot: int = 1000, seed: int = 0, n_bins: int = 15, *,
+                           calibrated_probs: np.ndarray | None = None, temperature: float | None = None,
+                           calibration_method: str = "") -> dict:
     """Validate one model's predictions on one split, compute its metrics and curves, write all three files.
 
-    Returns the metrics document as written. Bad input raises ValueError naming the first bad row.
+    ``calibrated_probs`` (same rows, e.g. temperature-scaled) adds their ECE and reliability curve beside the raw
+    ones, with ``temperature`` (None for an ensemble) and ``calibration_method`` in words. Returns the metrics
+    document as written. Bad input raises ValueError naming the first bad row.
     """
     _split_dir(root, model_key, split)  # refuse a bad key or split before the work
     predictions = _canonical_input(predictions_df, _canonical_predictions, "predictions_df")
@@ -338,6 +377,14 @@ def write_split_evaluation(root: str | Path, model_key: str, split: str, predict
     }
     curves_document = {**header, "roc_pr": metrics.curve_points(y_true, probs),
                        "reliability": metrics.reliability_curve(y_true, probs, n_bins)}
+    if calibrated_probs is not None:
+        calibrated = np.asarray(calibrated_probs, dtype=float)
+        if calibrated.shape != probs.shape:
+            raise ValueError(f"calibrated_probs has shape {calibrated.shape}; the predictions have {probs.shape}.")
+        metrics_document["calibration"]["calibrated"] = {
+            "method": calibration_method, "temperature": None if temperature is None else float(temperature),
+            "ece": metrics.expected_calibration_error(y_true, calibrated, n_bins)}
+        curves_document["reliability_calibrated"] = metrics.reliability_curve(y_true, calibrated, n_bins)
     _write_csv(predictions_path(root, model_key, split), predictions)
     _write_json(curves_path(root, model_key, split), curves_document, CURVES_SCHEMA)
     _write_json(metrics_path(root, model_key, split), metrics_document, METRICS_SCHEMA)
@@ -364,6 +411,33 @@ def write_summary(root: str | Path, models: Sequence[ModelEntry | tuple[str, str
     document = {**asdict(summary), "splits": list(splits), "models": [asdict(entry) for entry in entries]}
     _write_json(summary_path(root), document, SUMMARY_SCHEMA)
     return summary
+
+
+def write_significance(root: str | Path, split: str = "test", model_keys: Sequence[str] | None = None,
+                       metrics_names: Sequence[str] = SIGNIFICANCE_METRICS, n_boot: int = 1000, seed: int = 0,
+                       alpha: float = 0.05) -> dict:
+    """Paired patient-level bootstrap of the difference between every two models of the summary (ensemble
+    included) on ``split``, from their stored predictions.csv; written to significance.json and returned."""
+    summary = load_summary(root)
+    names = {m.key: m.display_name for m in summary.models}
+    keys = list(model_keys) if model_keys is not None else list(names)
+    frames = {key: load_predictions(root, key, split).set_index("row_id") for key in keys}
+    base = frames[keys[0]]
+    for key, frame in frames.items():
+        if set(frame.index) != set(base.index) or not frame.loc[base.index, "severity"].equals(base["severity"]):
+            raise ValueError(f"{predictions_path(root, key, split)} does not hold the same rows as {keys[0]}'s.")
+    y_true = np.array([SEVERITIES.index(s) for s in base["severity"]])
+    study_ids = base["study_id"].to_numpy()
+    probs = {key: frames[key].loc[base.index, list(SEVERITY_COLUMNS)].to_numpy() for key in keys}
+    document = {
+        "schema_version": SCHEMA_VERSION, "split": _checked_split(split),
+        "method": "paired patient-level percentile bootstrap (the same resampled studies for every model)",
+        "n_boot": n_boot, "seed": seed, "alpha": alpha, "n_studies": len(np.unique(study_ids)),
+        "metrics": list(metrics_names), "models": [{"key": key, "display_name": names[key]} for key in keys],
+        "pairs": metrics.paired_bootstrap_differences(study_ids, y_true, probs, metrics_names, n_boot, seed, alpha),
+    }
+    _write_json(significance_path(root), document, SIGNIFICANCE_SCHEMA)
+    return document
 
 
 # ---- Readers ------------------------------------------------------------------------------------------------
@@ -407,6 +481,17 @@ def load_history(root: str | Path, model_key: str) -> pd.DataFrame:
     return _read_csv(history_path(root, model_key), _canonical_history)
 
 
+def load_significance(root: str | Path) -> dict:
+    """Read and validate significance.json (keys: split, n_boot, seed, alpha, metrics, models, pairs)."""
+    path = significance_path(root)
+    document = _read_json(path, SIGNIFICANCE_SCHEMA)
+    keys = {m["key"] for m in document["models"]}
+    strays = sorted({k for pair in document["pairs"] for k in (pair["a"], pair["b"])} - keys)
+    if strays or any(pair["metric"] not in document["metrics"] for pair in document["pairs"]):
+        raise ArtefactError(path, f"pairs name models or metrics it does not list ({', '.join(strays) or 'metric'})")
+    return document
+
+
 def validate_tree(root: str | Path) -> list[Path]:
     """Check every artefact the summary lists (and each history.csv present); return the files checked.
 
@@ -434,6 +519,15 @@ def validate_tree(root: str | Path) -> list[Path]:
                 checked.append(history_path(root, model.key))
             except ArtefactError as error:
                 problems.append(str(error))
+    if significance_path(root).is_file():
+        try:
+            document = load_significance(root)
+            unknown = sorted({m["key"] for m in document["models"]} - {m.key for m in summary.models})
+            if unknown:
+                raise ArtefactError(significance_path(root), f"names models the summary does not: {unknown}")
+            checked.append(significance_path(root))
+        except ArtefactError as error:
+            problems.append(str(error))
     if problems:
         raise ArtefactError(Path(root), f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return checked

@@ -9,7 +9,7 @@ with all three grades as labels, as ``classification_report`` reports them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -319,11 +319,53 @@ def paired_bootstrap_difference(study_ids: np.ndarray, y_true: np.ndarray, probs
         raise ValueError(f"Unknown metric {metric!r} for {group}; expected one of {', '.join(allowed)}.")
     diffs = (_bootstrap_statistics(study_ids, y_true, probs_a, n_boot, seed)[(group, metric)]
              - _bootstrap_statistics(study_ids, y_true, probs_b, n_boot, seed)[(group, metric)])
-    valid = diffs[np.isfinite(diffs)]
     a, b = compute_metrics(y_true, probs_a), compute_metrics(y_true, probs_b)
     point_a = a[metric] if grade is None else a["per_class"][grade][metric]
     point_b = b[metric] if grade is None else b["per_class"][grade][metric]
+    return {"metric": metric, "grade": grade, **_difference_summary(diffs, point_a, point_b, alpha),
+            "n_boot": n_boot, "seed": seed, "alpha": alpha}
+
+
+def paired_bootstrap_differences(study_ids: np.ndarray, y_true: np.ndarray, probs_by_model: Mapping[str, np.ndarray],
+                                 metrics: Sequence[str] = ("macro_f1", "macro_roc_auc"), n_boot: int = 1000,
+                                 seed: int = 0, alpha: float = 0.05) -> list[dict]:
+    """``paired_bootstrap_difference`` for every pair of models (A before B in the mapping's order) and metric.
+
+    Each model is resampled once; as the resamples depend only on the studies and the seed, every pair is paired
+    and each entry equals ``paired_bootstrap_difference`` of that pair. Entries carry ``a``, ``b`` and ``metric``.
+    """
+    unknown = [m for m in metrics if m not in OVERALL_METRICS]
+    if unknown:
+        raise ValueError(f"Unknown metric(s) {', '.join(unknown)}; expected some of {', '.join(OVERALL_METRICS)}.")
+    names = list(probs_by_model)
+    resampled = {name: _bootstrap_statistics(study_ids, y_true, probs_by_model[name], n_boot, seed) for name in names}
+    point = {name: compute_metrics(y_true, probs_by_model[name]) for name in names}
+    pairs = []
+    for metric in metrics:
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                diffs = resampled[a][("overall", metric)] - resampled[b][("overall", metric)]
+                pairs.append({"a": a, "b": b, "metric": metric,
+                              **_difference_summary(diffs, point[a][metric], point[b][metric], alpha)})
+    return pairs
+
+
+def _difference_summary(diffs: np.ndarray, point_a: float | None, point_b: float | None, alpha: float) -> dict:
+    valid = diffs[np.isfinite(diffs)]
     p_value = min(1.0, 2 * min(np.mean(valid <= 0), np.mean(valid >= 0))) if len(valid) else None
-    return {"metric": metric, "grade": grade, "difference": None if None in (point_a, point_b) else point_a - point_b,
+    return {"difference": None if None in (point_a, point_b) else point_a - point_b,
             "mean_difference": float(valid.mean()) if len(valid) else None, **_interval(diffs, alpha),
-            "p_value": None if p_value is None else float(p_value), "n_boot": n_boot, "seed": seed, "alpha": alpha}
+            "p_value": None if p_value is None else float(p_value)}
+
+
+def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """The probabilities a model gives once its logits are divided by ``temperature`` (temperature scaling).
+
+    log(p) equals the logits up to a constant per row, which softmax ignores, so probabilities suffice.
+    """
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a positive number; got {temperature!r}.")
+    logits = np.log(np.clip(np.asarray(probs, dtype=float), np.finfo(float).tiny, None)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    scaled = np.exp(logits)
+    return scaled / scaled.sum(axis=1, keepdims=True)

@@ -45,6 +45,7 @@ class Prediction:
     device: str
     level_names: tuple[str, ...] = LEVELS
     class_names: tuple[str, ...] = SEVERITIES
+    calibrated: bool = False  # probabilities at each model's fitted temperature (the ensemble averages those)
 
     def grade(self, probs: np.ndarray, level: str | int) -> str:
         return self.class_names[int(np.argmax(probs[self._level(level)]))]
@@ -77,6 +78,7 @@ class Prediction:
                 ENSEMBLE: {lv: self.grade(self.ensemble, i) for i, lv in enumerate(self.level_names)},
             },
             "device": self.device,
+            "calibrated": self.calibrated,
         }
 
     def _level(self, level: str | int) -> int:
@@ -118,7 +120,11 @@ class Predictor:
 
     @torch.inference_mode()
     def predict(self, image: Slice | np.ndarray, *, calibrated: bool = False) -> Prediction:
-        """Probabilities of every model for every level; backbones run only for an image not seen recently."""
+        """Probabilities of every model for every level; backbones run only for an image not seen recently.
+
+        ``calibrated`` divides each model's logits by its fitted temperature (config.json): the grades stay, the
+        confidences change; switching costs only the heads.
+        """
         pixels = image.pixels if isinstance(image, Slice) else np.asarray(image, dtype=np.float32)
         key = _image_key(pixels)
         with self._lock:
@@ -145,7 +151,7 @@ class Predictor:
                 loaded.key, loaded.name, probs, latencies.get(loaded.key, 0.0) + head_ms, from_cache=cached is not None
             ))
         ensemble = np.mean([o.probs for o in outputs], axis=0) if outputs else np.full((len(LEVELS), 3), np.nan)
-        return Prediction(outputs, ensemble, device=str(self.device))
+        return Prediction(outputs, ensemble, device=str(self.device), calibrated=calibrated)
 
     def _run_backbones(self, pixels: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         inputs: dict[DataConfig, torch.Tensor] = {}  # models that share a data config share one input tensor

@@ -39,13 +39,15 @@ PREVIEW_PLACEHOLDER = (
 )
 RESULT_PLACEHOLDER = "*The result appears here once a slice is read.*"
 CACHED_NOTE = "*This image was seen moments ago, so its features came from the cache: the times are the heads' only.*"
+CALIBRATED_NOTE = "*Calibrated probabilities: each model's confidences rescaled by its fitted temperature.*"
 LEVEL_SWITCH_NOTE = "Switching the level re-reads the stored result: the models do not run again."
 
 COMPARE_INTRO = """\
 How well did each model grade slices it **never saw during training**? Pick the validation split (used to choose
-the best training epoch) or the test split (held back until the end). The small numbers under each value are its
-**95% confidence interval**: where the score would likely fall with another sample of patients (patient-level
-bootstrap).
+the best training epoch and to fit each model's calibration) or the test split (held back until the end). The
+small numbers under each value are its **95% confidence interval**: where the score would likely fall with another
+sample of patients (patient-level bootstrap). Further down: how far to trust each model's percentages
+(calibration), and whether one model is really better than another or only luckier on this sample.
 """
 
 COMPARE_DEMO_NOTE = (
@@ -66,7 +68,53 @@ CURVES_EXPLAINED = (
     "right (precision-recall) are better; the dotted line is what guessing would give."
 )
 
-HISTORY_EXPLAINED = "Training curves: validation solid, training dotted. A widening gap between them means overfitting."
+# Reading aids: two or three plain sentences beside each chart of the Compare tab.
+ROC_EXPLAINED = (
+    "**How to read it.** Lowering the bar for calling a grade finds more of its cases (up) but raises more false "
+    "alarms (right). The dotted diagonal is a coin toss: a curve on it ranks cases no better than chance. The "
+    "closer a curve hugs the top-left corner, the better; the area under it is the ROC-AUC."
+)
+PR_EXPLAINED = (
+    "**How to read it.** Recall: how many of the true cases a model finds; precision: how many of its alarms are "
+    "right. For a rare grade such as Severe, a ROC curve can look good while most alarms are false; this curve "
+    "shows it. The dotted line is the grade's prevalence, what calling every level that grade would give."
+)
+CONFUSION_EXPLAINED = (
+    "**How to read it.** Rows are the true grade, columns the grade the model gave; the diagonal is right. The "
+    "right panel divides each row by its total, so every row sums to 100% and a rare grade weighs as much as a "
+    "common one: read along a row to see how often that grade was caught and what it was mistaken for."
+)
+HISTORY_EXPLAINED = (
+    "**How to read it.** Validation solid, training dotted, one colour per model. Training loss keeps falling; when "
+    "validation loss stops falling or rises while the gap widens, the model is learning its training images by "
+    "heart (overfitting). The saved model is the epoch with the best validation macro F1."
+)
+RELIABILITY_EXPLAINED = (
+    "**How to read it.** Levels are grouped by how confident a model was in its grade (across) and each point shows "
+    "how often that grade was right (up). On the dotted diagonal, 80% confidence means right 80% of the time; "
+    "below it a model is over-confident, above it timid. ECE (in the table) is the average gap; the temperature "
+    "is fitted on validation, so the test split is the honest check, and it never changes a grade."
+)
+SIGNIFICANCE_EXPLAINED = (
+    "**How to read it.** Each cell is the row model's score minus the column model's on the test split, with a 95% "
+    "interval from resampling patients (both models scored on the same resampled patients). Blue: the row model "
+    "scored higher; red: lower. ★ marks an interval that excludes zero; without it the data cannot tell the two "
+    "apart, and among this many comparisons one or two ★ can appear by chance."
+)
+
+HEATMAP_EXPLAINED = """\
+**How to read it.** Each picture is the slice with one model's heatmap over it, for the grade that model gives at
+this level. Red marks the regions that raised that grade's score most; uncoloured regions did not raise it. A
+heatmap shows *where* a model looked, not whether it was right: check that it looks at the spinal canal.
+"""
+HEATMAP_PLACEHOLDER = (
+    '<div class="spinecad-placeholder spinecad-small">Press <b>Explain</b> to see where each model looked at this '
+    "level (a few seconds on a CPU).</div>"
+)
+PROBABILITIES_HELP = (
+    "*Raw*: each model's own confidence. *Calibrated*: rescaled by a temperature fitted on the validation split, "
+    "so that 80% means right about 80% of the time there. The grades do not change."
+)
 
 OUTSIDE_HELP = (
     "Compare your own model: upload its predictions as a CSV with the columns `row_id,normal_mild,moderate,severe` "
@@ -85,7 +133,13 @@ result = client.predict(handle_file("slice.dcm"), "L4/L5", api_name="/predict")
 print(result["ensemble"]["grade"], result["all_levels"])
 ```
 
-A file that cannot be read raises an error whose message says why.
+A file that cannot be read raises an error whose message says why. Add `"calibrated"` as a third argument for
+temperature-scaled probabilities. Heatmaps (each overlay as a PNG data URI):
+
+```python
+heatmaps = client.predict(handle_file("slice.dcm"), "L4/L5", api_name="/explain")
+heatmaps["models"]["ResNet-152"]["image"]   # "data:image/png;base64,..."
+```
 """
 
 

@@ -1,7 +1,8 @@
 """A stand-in for the committed demo set, and the real app started on it as a subprocess.
 
-``write_fixture_set`` writes six randomly initialised CPU-profile models, a manifest and an evaluation tree of
-random (but grade-correlated) predictions, so the app tests never depend on the demo set being trained.
+``write_fixture_set`` writes six randomly initialised CPU-profile models (with temperatures other than 1, so the
+calibrated switch shows), a manifest and an evaluation tree of random (but grade-correlated) predictions with
+calibration and significance, so the app tests never depend on the demo set being trained.
 
     python -m tests.app_fixture /tmp/spinecad-fixture   # then SPINECAD_MANIFEST=/tmp/spinecad-fixture/manifest.json
 """
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spinecad import evaluation
+from spinecad import evaluation, metrics
 from spinecad.backbones import CPU_PROFILE, CPU_SUFFIX
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
 from spinecad.manifest import Manifest, ModelEntry, read_manifest, write_manifest
@@ -32,6 +33,8 @@ from spinecad.model import SpineCADModel
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_TITLE = "Test fixture (random weights)"
 MISSING_MODEL = "Seventh model (missing)"
+# One per model, in CPU_PROFILE order: the fixture's "fitted" temperatures.
+FIXTURE_TEMPERATURES = (1.5, 0.8, 2.0, 1.2, 0.9, 1.1)
 
 
 def write_fixture_set(root: Path, *, n_studies: int = 24, n_boot: int = 50) -> Path:
@@ -41,9 +44,10 @@ def write_fixture_set(root: Path, *, n_studies: int = 24, n_boot: int = 50) -> P
         return root / "manifest.json"
     torch.manual_seed(0)
     entries = []
-    for spec in CPU_PROFILE:
+    for spec, temperature in zip(CPU_PROFILE, FIXTURE_TEMPERATURES, strict=True):
         key = spec.name.removesuffix(CPU_SUFFIX)
-        SpineCADModel.build(spec.name, level_dim=64, hidden_dims=[128, 64]).save_pretrained(root / key)
+        model = SpineCADModel.build(spec.name, level_dim=64, hidden_dims=[128, 64], temperature=temperature)
+        model.save_pretrained(root / key)
         entries.append(ModelEntry(key=key, name=spec.display_name, path=key))
     write_fixture_evaluation(root / "evaluation", [(e.key, e.name) for e in entries], n_studies, n_boot)
     # Written last: its presence means the whole set is there.
@@ -63,14 +67,14 @@ def write_manifest_with_missing_model(root: Path) -> Path:
 
 def write_fixture_evaluation(root: Path, models: list[tuple[str, str]], n_studies: int = 24, n_boot: int = 50) -> None:
     """An evaluation tree (format: spinecad.evaluation) of random predictions, better for later models, plus the
-    ensemble and a six-epoch history per model."""
+    ensemble, calibration at FIXTURE_TEMPERATURES, the test split's significance and a six-epoch history per model."""
     rng = np.random.default_rng(0)
     splits = {"val": 5_000_000, "test": 6_000_000}
     for split, first_study in splits.items():
         studies = np.repeat(first_study + np.arange(n_studies), len(LEVELS))
         levels = np.tile(LEVELS, n_studies)
         truth = rng.choice(len(SEVERITIES), size=len(studies), p=[0.6, 0.25, 0.15])
-        frames = []
+        frames, calibrated = [], []
         for skill, (key, _) in enumerate(models):
             logits = rng.normal(size=(len(studies), len(SEVERITIES))) + (1.0 + 0.3 * skill) * np.eye(3)[truth]
             probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -79,10 +83,14 @@ def write_fixture_evaluation(root: Path, models: list[tuple[str, str]], n_studie
                 "study_id": studies, "level": levels, "severity": [SEVERITIES[t] for t in truth],
                 **{column: probs[:, k] for k, column in enumerate(SEVERITY_COLUMNS)},
             })
+            temperature = FIXTURE_TEMPERATURES[skill % len(FIXTURE_TEMPERATURES)]
             frames.append(frame)
-            evaluation.write_split_evaluation(root, key, split, frame, n_boot=n_boot)
+            calibrated.append(metrics.temperature_scaled(probs, temperature))
+            evaluation.write_split_evaluation(root, key, split, frame, n_boot=n_boot, calibrated_probs=calibrated[-1],
+                                              temperature=temperature, calibration_method="fixture temperature")
         evaluation.write_split_evaluation(root, evaluation.ENSEMBLE_KEY, split, evaluation.mean_ensemble(frames),
-                                          n_boot=n_boot)
+                                          n_boot=n_boot, calibrated_probs=np.mean(calibrated, axis=0),
+                                          calibration_method="mean of the calibrated models")
     for skill, (key, _) in enumerate(models):
         epochs = np.arange(1, 7)  # numbered from 1, as train/loop.py writes them
         evaluation.write_history(root, key, pd.DataFrame({
@@ -94,6 +102,7 @@ def write_fixture_evaluation(root: Path, models: list[tuple[str, str]], n_studie
         }))
     evaluation.write_summary(root, [*models, (evaluation.ENSEMBLE_KEY, "Ensemble (mean)")], demo=True,
                              description="Random predictions for the app tests.")
+    evaluation.write_significance(root, "test", n_boot=n_boot)
 
 
 def free_port() -> int:

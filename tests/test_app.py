@@ -6,6 +6,8 @@ failure in the banner while the six others serve.
 
 from __future__ import annotations
 
+import base64
+import io
 import shutil
 from pathlib import Path
 
@@ -17,8 +19,15 @@ from PIL import Image
 
 from spinecad.examples import DEFAULT_EXAMPLES_DIR
 from spinecad.labels import LEVELS, SEVERITIES
+from spinecad.metrics import temperature_scaled
 from spinecad.predict import ENSEMBLE
-from tests.app_fixture import MISSING_MODEL, running_app, write_fixture_set, write_manifest_with_missing_model
+from tests.app_fixture import (
+    FIXTURE_TEMPERATURES,
+    MISSING_MODEL,
+    running_app,
+    write_fixture_set,
+    write_manifest_with_missing_model,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -157,7 +166,45 @@ def test_the_server_honours_gradio_server_name_and_port_and_limits_uploads(app, 
     assert app[0].startswith("http://127.0.0.1:")
     assert client.config["max_file_size"] == 64 * 2**20
     scripted = [d["api_name"] for d in client.config["dependencies"] if d.get("api_visibility") != "private"]
-    assert scripted == ["predict"]  # the one scripted entry point; the UI's own events stay private
+    assert scripted == ["predict", "explain"]  # the scripted entry points; the UI's own events stay private
+
+
+def test_calibrated_probabilities_are_each_models_temperature_applied(client, upload_copy):
+    path = upload_copy("moderate_axial.png")
+    raw = client.predict(handle_file(path), "L3/L4", api_name="/predict")  # the default stays raw
+    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "moderate_axial.png", path)
+    calibrated = client.predict(handle_file(path), "L3/L4", "calibrated", api_name="/predict")
+    assert raw["calibrated"] is False and calibrated["calibrated"] is True
+    assert all(values["from_cache"] for values in calibrated["models"].values())  # only the heads ran
+    for name, temperature in zip(MODEL_NAMES, FIXTURE_TEMPERATURES, strict=True):
+        before = np.array([[raw["models"][name][grade] for grade in SEVERITIES]])
+        after = [calibrated["models"][name][grade] for grade in SEVERITIES]
+        np.testing.assert_allclose(after, temperature_scaled(before, temperature)[0], atol=1e-4)
+        assert calibrated["models"][name]["grade"] == raw["models"][name]["grade"]
+    mean = np.mean([[calibrated["models"][n][g] for g in SEVERITIES] for n in MODEL_NAMES], axis=0)
+    np.testing.assert_allclose([calibrated["ensemble"][g] for g in SEVERITIES], mean, atol=1e-4)
+    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "moderate_axial.png", path)
+    with pytest.raises(AppError, match="Unknown probabilities 'cooked'; expected 'raw' or 'calibrated'"):
+        client.predict(handle_file(path), "L3/L4", "cooked", api_name="/predict")
+
+
+def test_explain_returns_one_heatmap_image_per_model(app, client, upload_copy):
+    result = client.predict(handle_file(upload_copy("severe_axial.dcm")), "L5/S1", api_name="/explain")
+    assert result["level"] == "L5/S1" and list(result["models"]) == MODEL_NAMES
+    for values in result["models"].values():
+        header, encoded = values["image"].split(",", 1)
+        assert header == "data:image/png;base64"
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.size == (192, 192) and image.mode == "RGB"
+        assert values["grade"] in SEVERITIES and 0 < values["probability"] <= 1 and values["seconds"] > 0
+        assert values["method"].split(" · ")[0] in ("Grad-CAM", "HiResCAM")
+    # The overlays hold the slice: they travel inline and never land in the server's file cache.
+    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    empty = upload_copy("severe_axial.dcm")
+    empty.write_bytes(b"")
+    with pytest.raises(AppError) as raised:
+        client.predict(handle_file(empty), "L5/S1", api_name="/explain")
+    assert str(raised.value) == "The file is empty."
 
 
 def test_spaces_gpu_imports_offline_and_passes_functions_through_off_a_space():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -79,3 +81,11 @@ def test_transformers_backbone_behind_the_same_interface():
 def test_cpu_profile_has_no_pretrained_weights_to_fetch():
     with pytest.raises(PretrainedWeightsUnavailable, match="no pretrained weights"):
         build_backbone(CPU_PROFILE[0]).load_pretrained_weights()
+
+
+def test_explanation_fields_leave_the_training_fingerprint_alone():
+    spec = CPU_PROFILE[0]
+    other_layer = replace(spec, cam_layer="blocks.0.norm1", cam_method="hirescam")
+    assert spec.training_dict() == other_layer.training_dict()  # a finished run is not retrained for a heatmap
+    assert not set(BackboneSpec.EXPLANATION_FIELDS) & set(spec.training_dict())
+    assert set(spec.to_dict()) - set(spec.training_dict()) == set(BackboneSpec.EXPLANATION_FIELDS)

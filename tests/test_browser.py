@@ -1,11 +1,13 @@
 """The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
 
-Screenshots of both tabs are left in ``test-artifacts/``; with SPINECAD_UPDATE_SCREENSHOTS=1 they are also copied
-to ``docs/screenshots/`` for the README, taken on the committed demo set (or SPINECAD_MANIFEST's) when it is there.
+Screenshots of both tabs and of the heatmap gallery are left in ``test-artifacts/``; with SPINECAD_UPDATE_SCREENSHOTS=1
+they are also copied to ``docs/screenshots/`` for the README, taken on the committed demo set (or SPINECAD_MANIFEST's)
+when it is there.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -58,9 +60,12 @@ def page(app):
         browser.close()
 
 
-def save_screenshot(page, name: str, artifacts_dir: Path) -> None:
+def save_screenshot(page, name: str, artifacts_dir: Path, element: str | None = None) -> None:
     path = artifacts_dir / name
-    page.screenshot(path=path, full_page=True)
+    if element:
+        page.locator(element).screenshot(path=path)
+    else:
+        page.screenshot(path=path, full_page=True)
     if UPDATE_SCREENSHOTS:
         README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         # 256 colours are plenty for a page of flat colours and greys, at a third of the size in git.
@@ -91,7 +96,35 @@ def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path
     assert leftovers == []
     page.locator("#level-picker").get_by_text("L4/L5").click()
     page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
+
+    # Explain: one heatmap per model, side by side, computed only on request.
+    assert page.locator("#heatmap-gallery img").count() == 0
+    page.locator("#explain-button").click()
+    page.locator("#heatmap-gallery img").nth(5).wait_for()
+    images = page.locator("#heatmap-gallery img")
+    assert images.count() == 6
+    assert all(src.startswith("data:image/png;base64,") for src in images.evaluate_all("els => els.map(e => e.src)"))
+    assert all(images.nth(k).evaluate("e => e.complete && e.naturalWidth > 0") for k in range(6))
+    captions = page.locator("#heatmap-gallery figcaption").all_inner_texts()
+    assert [caption.split("\n")[0] for caption in captions] == MODEL_NAMES
+    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    save_screenshot(page, "explain.png", artifacts_dir, element="#heatmap-gallery")
     save_screenshot(page, "predict.png", artifacts_dir)
+
+    # The calibrated switch changes the percentages, not the grades; a new level clears the stale heatmaps.
+    raw_rows = page.locator("#model-table .virtual-row").all_inner_texts()
+    page.get_by_test_id("Calibrated-radio-label").click()
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('Calibrated probabilities')")
+    page.wait_for_function("(before) => JSON.stringify([...document.querySelectorAll('#model-table .virtual-row')]"
+                           ".map(r => r.innerText)) !== before", arg=json.dumps(raw_rows))
+    calibrated_rows = page.locator("#model-table .virtual-row").all_inner_texts()
+    assert [r.split("\n")[4] for r in calibrated_rows] == [r.split("\n")[4] for r in raw_rows]  # grades
+    page.get_by_test_id("Raw-radio-label").click()
+    page.wait_for_function("() => !document.querySelector('#headline').innerText.includes('Calibrated')")
+    page.locator("#level-picker").get_by_text("L3/L4").click()
+    page.wait_for_function("() => document.querySelectorAll('#heatmap-gallery img').length === 0")
+    page.locator("#level-picker").get_by_text("L4/L5").click()
+    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
 
 
 def test_an_example_with_a_warning_shows_it_beside_the_result(page):
@@ -112,10 +145,21 @@ def test_an_unreadable_upload_is_explained_in_the_result_area(page, tmp_path):
 
 def test_compare_tab_draws_its_plotly_charts(page, artifacts_dir):
     page.get_by_role("tab", name="Compare").click()
-    for chart in ("#roc-plot", "#pr-plot", "#confusion-plot", "#history-plot"):
+    for chart in ("#roc-plot", "#pr-plot", "#confusion-plot", "#reliability-plot", "#significance-plot",
+                  "#history-plot"):
         page.locator(f"{chart} .js-plotly-plot .main-svg").first.wait_for()
         assert page.locator(f"{chart} .js-plotly-plot path.js-line, {chart} .js-plotly-plot .hm").count() > 0
-    assert "Macro F1" in page.locator("#metrics-table").inner_text()
+    table = page.locator("#metrics-table").inner_text()
+    assert "Macro F1" in table and "ECE, raw" in table and "ECE, calibrated" in table
+    # Reliability: one panel per model with ECE before -> after; significance: two matrices with intervals.
+    titles = page.locator("#reliability-plot text.annotation-text").evaluate_all("els => els.map(e => e.textContent)")
+    assert sum("→" in title for title in titles) == len(MODEL_NAMES) + 1
+    assert page.locator("#significance-plot .hm").count() == 2
+    cells = page.locator("#significance-plot text").evaluate_all("els => els.map(e => e.textContent)")
+    assert sum("[" in cell for cell in cells) == 2 * len(MODEL_NAMES) * (len(MODEL_NAMES) + 1) // 2
+    assert "paired resamples" in page.locator("#significance-note").inner_text()
+    aids = {text.strip() for text in page.locator(".reading-aid").all_inner_texts()}
+    assert len(aids) == 6 and all(text.startswith("How to read it.") for text in aids)
     page.locator("#split-picker").get_by_text("Validation").click()
     page.wait_for_timeout(500)
     page.locator("#split-picker").get_by_text("Test").click()

@@ -14,11 +14,12 @@ from PIL import Image
 from spinecad import charts, comparison, evaluation, ui_text
 from spinecad.analysis import SliceAnalysis, describe_source
 from spinecad.examples import DEFAULT_EXAMPLES_DIR, read_example_index
+from spinecad.explain import Heatmap, overlay_heatmap
 from spinecad.imaging import ImageReadError, SliceFacts, read_slice
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS
 from spinecad.loading import LoadedModel, LoadFailure
 from spinecad.predict import ENSEMBLE, ModelOutput, Prediction
-from spinecad.preview import preview_html, preview_png
+from spinecad.preview import heatmap_gallery_html, preview_html, preview_png
 from spinecad.scoring import ScoringError
 from spinecad.uploads import consume_upload, remove_upload
 from tests.app_fixture import write_fixture_evaluation
@@ -165,11 +166,21 @@ def test_metrics_table_has_the_paper_rows_and_an_interval_per_cell(evaluation_ro
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
     table = comparison.metrics_table(columns)
     assert list(table.columns) == ["Group", "Metric", "ViT-B/16", "Ensemble (mean)"]
-    assert len(table) == 5 + 5 * len(SEVERITIES)
-    assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES]
+    assert len(table) == 5 + 5 * len(SEVERITIES) + 3
+    assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES, "Calibration"]
     stored = evaluation.metrics_table(evaluation_root, "test", ["vit_b16", "ensemble"], with_intervals=True)
-    assert list(table["ViT-B/16"]) == list(stored["ViT-B/16"])
-    assert all(" [" in cell for cell in table["ViT-B/16"])
+    assert list(table["ViT-B/16"][:-3]) == list(stored["ViT-B/16"])
+    assert all(" [" in cell for cell in table["ViT-B/16"][:-3])
+
+
+def test_metrics_table_ends_with_ece_before_and_after_temperature_scaling(evaluation_root):
+    columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
+    calibration = comparison.metrics_table(columns).tail(3)
+    assert list(calibration["Metric"]) == ["ECE, raw", "ECE, calibrated", "Temperature"]
+    document = evaluation.load_metrics(evaluation_root, "vit_b16", "test")["calibration"]
+    assert list(calibration["ViT-B/16"]) == [f"{document['ece']:.3f}", f"{document['calibrated']['ece']:.3f}",
+                                             f"{document['calibrated']['temperature']:.2f}"]
+    assert list(calibration["Ensemble (mean)"])[2] == "per model"
 
 
 def test_outside_predictions_are_scored_like_the_stored_ones(evaluation_root):
@@ -226,6 +237,54 @@ def test_history_figure_draws_validation_and_training_per_model(evaluation_root)
     assert len(figure.data) == 2 * 2 * 2  # models x (loss, F1) x (val, train)
     assert sum(bool(trace.showlegend) for trace in figure.data) == 2
     assert isinstance(charts.history_figure({}), go.Figure)
+
+
+def test_reliability_figure_puts_raw_and_calibrated_side_by_side_per_model(evaluation_root):
+    columns = comparison.load_columns(evaluation_root, "val", ["vit_b16", "swin_b", "ensemble"])
+    figure = charts.reliability_figure(columns)
+    curves = [trace for trace in figure.data if trace.name != "perfectly calibrated"]
+    assert len(curves) == 2 * len(columns)  # raw and temperature-scaled per model
+    assert list(curves[1].y) == columns[0].reliability_calibrated["observed"]
+    titles = [annotation.text for annotation in figure.layout.annotations]
+    ece = columns[0].calibration
+    assert titles[0] == f"ViT-B/16<br>ECE {ece['ece']:.3f} → {ece['calibrated']['ece']:.3f}"
+    assert "No reliability" in charts.reliability_figure([]).layout.annotations[0].text
+
+
+def test_significance_figure_stars_exactly_the_intervals_that_exclude_zero(evaluation_root):
+    keys = ["vit_b16", "swin_b", "resnet152", "ensemble"]
+    matrices, facts = comparison.load_difference_matrices(evaluation_root, keys)
+    assert facts["split"] == "test" and matrices[0].names == [
+        "ViT-B/16", "Swin-B", "ResNet-152", "Ensemble (mean)"]
+    figure = charts.significance_figure(matrices)
+    assert len(figure.data) == 2
+    for matrix, trace in zip(matrices, figure.data, strict=True):
+        assert list(trace.y) == matrix.names[1:] and list(trace.x) == matrix.names[:-1]
+        for i in range(1, len(matrix.names)):
+            for j in range(len(matrix.names) - 1):
+                cell = trace.text[i - 1][j]
+                if j >= i:
+                    assert cell == ""  # each pair once
+                else:
+                    assert ("★" in cell) == bool(matrix.excludes_zero[i, j])
+                    assert f"{matrix.difference[i, j]:+.3f}" in cell and f"{matrix.low[i, j]:+.3f}" in cell
+
+
+def test_heatmap_gallery_is_inline_images_with_model_grade_and_cost():
+    pixels = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    heat = np.zeros_like(pixels)
+    heat[20:30, 20:30] = 1.0
+    shown = Heatmap("resnet", "ResNet-152", "L4/L5", "Severe", 0.8, heat, overlay_heatmap(pixels, heat), 0.04,
+                    "HiResCAM · layer4")
+    refused = Heatmap("hf", "Rad<DINO>", "L4/L5", None, None, None, None, 0.0, "none", "No layer <known>.")
+    page = heatmap_gallery_html([shown, refused])
+    assert page.count("<img") == 1 and 'src="data:image/png;base64,' in page
+    assert "ResNet-152" in page and "Severe (80%)" in page and "0.04 s" in page
+    assert "Rad&lt;DINO&gt;" in page and "No layer &lt;known&gt;." in page
+    overlay = overlay_heatmap(pixels, heat)
+    assert overlay.shape == (64, 48, 3)
+    np.testing.assert_array_equal(overlay[0, 0], [0, 0, 0])  # where the map is zero, the slice shows as it is
+    assert not np.array_equal(overlay[25, 25], np.repeat(overlay[25, 25, 0], 3))  # coloured where it is high
 
 
 def test_model_colours_are_stable_and_the_ensemble_is_black():

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import safetensors.torch
 
-from spinecad.evaluation import load_metrics, load_summary, validate_tree
+from spinecad.evaluation import load_metrics, load_significance, load_summary, validate_tree
 from spinecad.manifest import read_manifest
 from tests.conftest import REPO
 
@@ -73,6 +73,12 @@ def test_outputs_are_complete_and_valid(demo_run):
         assert config["training"]["selection"] == "validation macro-F1" and config["training"]["demo"] is True
         history = pd.read_csv(demo_run / "evaluation" / entry.key / "history.csv")
         assert len(history) == 24 and config["training"]["best_epoch"] == int(history["val_macro_f1"].idxmax()) + 1
+        # The temperature fitted on validation is stored with the weights and reported beside the raw ECE.
+        calibration = load_metrics(demo_run / "evaluation", entry.key, "test")["calibration"]
+        assert config["temperature"] == calibration["calibrated"]["temperature"] > 0
+    significance = load_significance(demo_run / "evaluation")
+    assert significance["split"] == "test" and significance["n_boot"] == 200
+    assert len(significance["pairs"]) == 2 * 3  # two metrics, three pairs of beit, resnet and the ensemble
     split = pd.read_csv(demo_run / "split.csv")
     assert set(split["split"]) == {"train", "val", "test"} and split["study_id"].is_unique
     predictions = pd.read_csv(demo_run / "evaluation" / "ensemble" / "test" / "predictions.csv")

@@ -1,24 +1,41 @@
-"""Evaluate trained checkpoints on validation and test, add the ensemble, write artefacts, cards and manifest."""
+"""Evaluate trained checkpoints on validation and test, add the ensemble, write artefacts, cards and manifest.
+
+Each model's temperature is fitted on its validation logits (``train.calibrate``) and saved in its config.json;
+the artefacts hold the raw probabilities' metrics with the calibrated ECE and reliability beside them, and the
+paired bootstrap of every two models on the test split (significance.json).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
+from spinecad.atomic import remove_partials
 from spinecad.backbones import PROFILES
-from spinecad.evaluation import ENSEMBLE_KEY, ModelEntry, mean_ensemble, write_split_evaluation, write_summary
+from spinecad.evaluation import (
+    ENSEMBLE_KEY,
+    ModelEntry,
+    mean_ensemble,
+    write_significance,
+    write_split_evaluation,
+    write_summary,
+)
 from spinecad.labels import SEVERITY_COLUMNS, row_id
 from spinecad.manifest import Manifest, write_manifest
 from spinecad.manifest import ModelEntry as ManifestEntry
 from spinecad.model import SpineCADModel
-from train.loop import predict_probs, save_checkpoint
+from train.calibrate import ENSEMBLE_METHOD, METHOD, fit_temperature
+from train.loop import predict_logits, save_checkpoint, softmax
 from train.pipeline import PreparedData
 from train.recipe import Recipe
 
 EVAL_SPLITS = ("val", "test")
+SIGNIFICANCE_SPLIT = "test"
+SIGNIFICANCE_SEED = 0
 
 
 def predictions_frame(data: PreparedData, split: str, probs) -> pd.DataFrame:
@@ -45,31 +62,48 @@ def evaluate_run(
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, dict]]:
-    """Score every checkpoint in ``output_dir`` and their mean; returns metrics by model key and split."""
+    """Score every checkpoint in ``output_dir`` and their mean; returns metrics by model key and split.
+
+    Re-running it gives the same files: the raw logits never depend on a temperature stored before.
+    """
     root = output_dir / "evaluation"
+    # Half-written files of a killed earlier run are never read (atomic writes); here they are also removed.
+    for partial in root.rglob(".*.partial") if root.exists() else ():
+        partial.unlink(missing_ok=True)
+    remove_partials(output_dir / "manifest.json")
     models = _checkpoints(output_dir)
     if not models:
         raise ValueError(f"No trained checkpoints in {output_dir} to evaluate.")
-    by_split: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
+    raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
+    calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVAL_SPLITS}
     results: dict[str, dict[str, dict]] = {}
     for key, model in models:
         model.to(device)
+        logits = {split: predict_logits(model, data.dataset(split, recipe), device)[0] for split in EVAL_SPLITS}
+        val_labels = data.dataset("val", recipe).labels.numpy()
+        model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
         results[key] = {}
         for split in EVAL_SPLITS:
-            probs, _ = predict_probs(model, data.dataset(split, recipe), device)
-            frame = predictions_frame(data, split, probs)
-            by_split[split].append(frame)
-            results[key][split] = write_split_evaluation(root, key, split, frame, n_boot=n_boot)["metrics"]
-        save_checkpoint(model.cpu(), output_dir / key, metrics=results[key])  # the card now carries the metrics
+            frame = predictions_frame(data, split, softmax(logits[split]))
+            scaled = softmax(logits[split] / model.config.temperature)
+            raw[split].append(frame)
+            calibrated[split].append(scaled)
+            results[key][split] = write_split_evaluation(
+                root, key, split, frame, n_boot=n_boot, calibrated_probs=scaled,
+                temperature=model.config.temperature, calibration_method=METHOD)["metrics"]
+        save_checkpoint(model.cpu(), output_dir / key, metrics=results[key])  # card: metrics; config: temperature
         log(f"[{key}] test macro-F1 {results[key]['test']['macro_f1']:.3f}, "
-            f"accuracy {results[key]['test']['accuracy']:.3f}")
+            f"accuracy {results[key]['test']['accuracy']:.3f}, temperature {model.config.temperature:.3f}")
     results[ENSEMBLE_KEY] = {
-        split: write_split_evaluation(root, ENSEMBLE_KEY, split, mean_ensemble(frames), n_boot=n_boot)["metrics"]
-        for split, frames in by_split.items()
+        split: write_split_evaluation(root, ENSEMBLE_KEY, split, mean_ensemble(raw[split]), n_boot=n_boot,
+                                      calibrated_probs=np.mean(calibrated[split], axis=0),
+                                      calibration_method=ENSEMBLE_METHOD)["metrics"]
+        for split in EVAL_SPLITS
     }
     entries = [ModelEntry(key, model.display_name) for key, model in models]
     write_summary(root, [*entries, ModelEntry(ENSEMBLE_KEY, "Ensemble (mean)")], EVAL_SPLITS, demo=demo,
                   description=title)
+    write_significance(root, SIGNIFICANCE_SPLIT, n_boot=n_boot, seed=SIGNIFICANCE_SEED)
     manifest = Manifest(
         models=tuple(ManifestEntry(key=key, name=model.display_name, path=key) for key, model in models),
         title=title, demo=demo, evaluation="evaluation",

@@ -171,21 +171,36 @@ def _train_epoch(model, dataset, recipe, optimizer, criterion, shuffler, device,
 
 
 @torch.inference_mode()
-def predict_probs(
+def predict_logits(
     model: SpineCADModel, dataset: CachedSlices, device: torch.device, *, batch_size: int = 64,
     criterion: nn.Module | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Probabilities (N, 3) for every sample in order, and the mean loss when a criterion is given."""
+    """Logits (N, 3) for every sample in order, and the mean loss when a criterion is given."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
-    probs, total_loss = [], 0.0
+    outputs, total_loss = [], 0.0
     for images, levels, labels in loader:
         with autocast(device):
             logits = model(model_batch(images, model.data_config).to(device), levels.to(device)).float()
         if criterion is not None:
             total_loss += float(criterion(logits, labels.to(device))) * len(labels)
-        probs.append(torch.softmax(logits / model.config.temperature, dim=1).cpu())
-    return torch.cat(probs).numpy().astype(np.float64), total_loss / max(len(dataset), 1)
+        outputs.append(logits.cpu())
+    return torch.cat(outputs).numpy().astype(np.float64), total_loss / max(len(dataset), 1)
+
+
+def predict_probs(
+    model: SpineCADModel, dataset: CachedSlices, device: torch.device, *, batch_size: int = 64,
+    criterion: nn.Module | None = None,
+) -> tuple[np.ndarray, float]:
+    """Probabilities (N, 3) at the model's temperature for every sample in order, and the mean loss."""
+    logits, loss = predict_logits(model, dataset, device, batch_size=batch_size, criterion=criterion)
+    return softmax(logits / model.config.temperature), loss
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None) -> None:
@@ -218,5 +233,5 @@ def _history_for_file(history: list[dict]) -> list[dict]:
 
 
 def _fingerprint(spec: BackboneSpec, recipe: Recipe, data: TrainingData) -> str:
-    payload = json.dumps([spec.to_dict(), recipe.as_dict(), data.fingerprint, torch.__version__], sort_keys=True)
+    payload = json.dumps([spec.training_dict(), recipe.as_dict(), data.fingerprint, torch.__version__], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()

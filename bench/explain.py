@@ -1,0 +1,86 @@
+"""Heatmap cost per model against a plain prediction of the same model, on one slice.
+
+    python bench/explain.py                    # the models of checkpoints/manifest.json (the demo set)
+    python bench/explain.py --profile paper    # the six paper-size backbones (random init), 224 px
+    python bench/explain.py --profile cpu      # their shrunk CPU siblings (random init)
+
+Prints, per model, medians (ms) of:
+  (a) a plain prediction: preprocess + forward at one level, no gradients   (baseline)
+  (b) its heatmap: preprocess + forward + backward + CAM + resize + overlay (spinecad.explain)
+and the ratio b/a. Runs are interleaved so machine noise hits both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from spinecad.backbones import profile
+from spinecad.explain import explain_slice
+from spinecad.labels import level_index
+from spinecad.loading import LoadedModel
+from spinecad.manifest import default_manifest_path
+from spinecad.model import SpineCADModel
+from spinecad.predict import Predictor
+from spinecad.preprocess import slice_to_tensor
+
+LEVEL = "L4/L5"
+
+
+def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
+    """Median ms of each run, timed in interleaved rounds after one warm-up each."""
+    for run in runs.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("paper", "cpu"), help="random-init backbones instead of the manifest")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    if args.profile:
+        torch.manual_seed(0)
+        models = [SpineCADModel.build(spec.name).eval() for spec in profile(args.profile)]
+        predictor = Predictor([LoadedModel(m.config.backbone["name"], m.display_name, m, "bench") for m in models],
+                              device=args.device)
+    else:
+        predictor = Predictor.from_manifest(default_manifest_path(), device=args.device)
+    pixels = np.random.default_rng(0).random((256, 256)).astype(np.float32)
+    level = torch.tensor([level_index(LEVEL)], device=predictor.device)
+    print(f"{len(predictor.models)} models on {predictor.device}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}")
+    print(f"{'model':18s} {'predict ms':>11s} {'heatmap ms':>11s} {'ratio':>6s}  method")
+    for loaded in predictor.models:
+        model = loaded.model
+
+        @torch.inference_mode()
+        def predict(model=model) -> None:
+            model(slice_to_tensor(pixels, model.data_config).to(predictor.device), level)
+
+        def heatmap(loaded=loaded) -> None:
+            explain_slice([loaded], pixels, LEVEL, device=predictor.device)
+
+        medians = interleaved_medians({"predict": predict, "heatmap": heatmap}, args.repeats)
+        method = explain_slice([loaded], pixels, LEVEL, device=predictor.device)[0].method
+        print(f"{loaded.name:18s} {medians['predict']:11.1f} {medians['heatmap']:11.1f} "
+              f"{medians['heatmap'] / medians['predict']:6.1f}  {method}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Heatmaps: where each model looked for the grade it gives at one disc level (class-activation maps).
+
+The maps are pytorch-grad-cam's. The explained score is one logit of the model at the chosen level (the level
+embedding goes through the head like in a prediction): the model's own predicted grade, or a grade asked for.
+Which layer is read, how its output becomes a (B, C, H, W) map and which CAM variant fits the architecture are the
+backbone's registry row (``cam_layer``, ``cam_reshape``, ``cam_method``); nothing here depends on the family.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from pytorch_grad_cam import GradCAM, HiResCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+
+from spinecad.backbones import HeatmapUnavailable
+from spinecad.labels import level_index, severity_index
+from spinecad.loading import LoadedModel
+from spinecad.model import SpineCADModel
+from spinecad.preprocess import slice_to_tensor
+from spinecad.preview import png_data_uri
+
+CAM_CLASSES = {"gradcam": GradCAM, "hirescam": HiResCAM}
+CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
+OVERLAY_OPACITY = 0.7  # colour over the slice where the map is strongest; none where it is zero
+
+
+@dataclass(frozen=True)
+class Heatmap:
+    """One model's explanation at one level: the map, the slice with the map over it, and what it cost."""
+
+    key: str
+    name: str
+    level: str
+    grade: str | None  # the grade whose logit is explained; None when the model could not be explained
+    probability: float | None  # the model's probability of that grade (uncalibrated)
+    heatmap: np.ndarray | None  # (H, W) float32 in [0, 1] at the slice's size
+    overlay: np.ndarray | None  # (H, W, 3) uint8
+    seconds: float
+    method: str  # e.g. "HiResCAM on layer3"
+    problem: str | None = None  # why there is no map, or why it is blank
+
+
+class _GradeLogitsAtLevel(nn.Module):
+    """The model as an image classifier at one fixed level: images -> (B, 3) logits, for the CAM library."""
+
+    def __init__(self, model: SpineCADModel, level: int) -> None:
+        super().__init__()
+        self.model, self.level = model, level
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        levels = torch.full((images.shape[0],), self.level, dtype=torch.long, device=images.device)
+        return self.model(images, levels)
+
+
+@contextlib.contextmanager
+def _weights_frozen(model: nn.Module) -> Iterator[None]:
+    # Gradients are needed for the activations only: skip the weights' (faster, and no .grad left behind).
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        for parameter, _ in flags:
+            parameter.requires_grad_(False)
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+
+
+def class_activation_map(model: SpineCADModel, pixels: np.ndarray, level: str | int, *, grade: str | int | None = None,
+                         device: torch.device | str = "cpu") -> tuple[np.ndarray, int, np.ndarray, str]:
+    """The heatmap (S, S) at the model's input size for ``grade`` (default: the model's grade) at ``level``.
+
+    Returns (heatmap in [0, 1], explained grade id, the three probabilities at the level, method description).
+    HeatmapUnavailable when the backbone's row names no CAM layer.
+    """
+    backbone = model.backbone
+    spec = backbone.cam_spec()
+    layer = backbone.cam_layer()
+    level_id = level if isinstance(level, int) else level_index(level)
+    wrapped = _GradeLogitsAtLevel(model, level_id)
+    images = slice_to_tensor(pixels, model.data_config).to(device).requires_grad_(True)
+    targets = None if grade is None else [ClassifierOutputTarget(grade if isinstance(grade, int)
+                                                                 else severity_index(grade))]
+    cam = CAM_CLASSES[spec.cam_method](model=wrapped, target_layers=[layer], reshape_transform=backbone.cam_feature_map)
+    try:
+        with _weights_frozen(model):
+            heatmap = cam(input_tensor=images, targets=targets)[0]
+        logits = cam.outputs[0].detach().float()
+    finally:
+        cam.activations_and_grads.release()
+    probs = torch.softmax(logits, dim=-1).cpu().numpy()
+    explained = int(np.argmax(probs)) if targets is None else targets[0].category
+    return heatmap.astype(np.float32), explained, probs, f"{CAM_NAMES[spec.cam_method]} · {spec.cam_layer}"
+
+
+def explain_slice(models: Sequence[LoadedModel], pixels: np.ndarray, level: str, *, grade: str | None = None,
+                  device: torch.device | str = "cpu") -> list[Heatmap]:
+    """A heatmap per model for ``level`` (each model's own grade unless ``grade`` is given), in model order."""
+    heatmaps = []
+    for loaded in models:
+        start = time.perf_counter()
+        try:
+            small, explained, probs, method = class_activation_map(loaded.model, pixels, level, grade=grade,
+                                                                   device=device)
+        except HeatmapUnavailable as error:
+            heatmaps.append(Heatmap(loaded.key, loaded.name, level, None, None, None, None,
+                                    time.perf_counter() - start, "none", str(error)))
+            continue
+        heatmap = resize_heatmap(small, pixels.shape)
+        seconds = time.perf_counter() - start
+        grade_name = loaded.model.config.class_names[explained]
+        problem = None
+        if not heatmap.any():
+            problem = f"Empty map: no region of the slice raised the score for {grade_name} at this layer."
+        heatmaps.append(Heatmap(loaded.key, loaded.name, level, grade_name, float(probs[explained]), heatmap,
+                                overlay_heatmap(pixels, heatmap), seconds, method, problem))
+    return heatmaps
+
+
+def resize_heatmap(heatmap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A square map at the model's input size back onto the slice (the model saw a plain resize of it)."""
+    image = Image.fromarray(np.asarray(heatmap, dtype=np.float32), mode="F")
+    resized = np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.clip(resized, 0.0, 1.0)
+
+
+def overlay_heatmap(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = OVERLAY_OPACITY) -> np.ndarray:
+    """The greyscale slice with the map in colour (turbo: red = strongest), opaque only where the map is high."""
+    grey = np.repeat(np.clip(pixels, 0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    colours = cv2.applyColorMap(np.uint8(np.round(255 * heatmap)), cv2.COLORMAP_TURBO)
+    colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    alpha = (opacity * heatmap)[..., None]
+    return np.uint8(np.round(255 * ((1 - alpha) * grey + alpha * colours)))
+
+
+def mass_inside(heatmap: np.ndarray, region: np.ndarray) -> float:
+    """Share of the map's total mass that lies inside ``region`` (a boolean mask of the same shape)."""
+    total = float(heatmap.sum())
+    return float(heatmap[region].sum()) / total if total > 0 else 0.0
+
+
+def explanation_to_dict(heatmaps: Sequence[Heatmap]) -> dict:
+    """The JSON of the app's ``explain`` API: per model the overlay as a PNG data URI and what it explains."""
+    return {
+        "level": heatmaps[0].level if heatmaps else None,
+        "models": {
+            h.name: {"image": None if h.overlay is None else png_data_uri(h.overlay), "grade": h.grade,
+                     "probability": None if h.probability is None else round(h.probability, 6),
+                     "seconds": round(h.seconds, 4), "method": h.method, "problem": h.problem}
+            for h in heatmaps
+        },
+    }
