@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ import numpy as np
 import pydicom
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
 
 from spinecad.preprocess import DataConfig, normalise
 from train.cache import attach_positions, build_cache

@@ -13,11 +13,15 @@ and the ratio b/a. Runs are interleaved so machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
+
+from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
 
 from spinecad.backbones import profile
 from spinecad.explain import explain_slice
@@ -29,19 +33,6 @@ from spinecad.predict import Predictor
 from spinecad.preprocess import slice_to_tensor
 
 LEVEL = "L4/L5"
-
-
-def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each run, timed in interleaved rounds after one warm-up each."""
-    for run in runs.values():
-        run()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:

@@ -15,11 +15,15 @@ and the ratios b/a (target <= 1.15), c/b (target <= 1.05), e/c, and d (target < 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
+
+from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
 
 from spinecad.backbones import profile
 from spinecad.labels import LEVELS
@@ -27,19 +31,6 @@ from spinecad.loading import LoadedModel
 from spinecad.model import SpineCADModel
 from spinecad.predict import Predictor
 from spinecad.preprocess import slice_to_tensor
-
-
-def interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
-    """Median ms of each run, timed in interleaved rounds so machine noise hits all of them alike."""
-    for run in runs.values():
-        run()  # warm-up (allocator, lazy init)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1000)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
