@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,7 +100,6 @@ def test_killed_run_resumes_to_identical_metrics(phantom_dir, tmp_path):
     deadline = time.monotonic() + 300
     for line in process.stdout:  # kill it in the middle of the third epoch
         if "epoch 3/4" in line:
-            time.sleep(0.3)
             process.send_signal(signal.SIGKILL)
             break
         assert time.monotonic() < deadline
@@ -108,7 +108,8 @@ def test_killed_run_resumes_to_identical_metrics(phantom_dir, tmp_path):
     assert not (interrupted / "manifest.json").exists()
 
     resumed = run_train(*common, "--output-dir", str(interrupted))
-    assert "resuming after epoch 2 of 4" in resumed.stdout
+    # Killed during epoch 3 (or, on a fast machine, just after it): the rerun starts after the last saved epoch.
+    assert re.search(r"resuming after epoch [23] of 4", resumed.stdout), resumed.stdout[-2000:]
     for split in ("val", "test"):
         whole = load_metrics(tmp_path / "whole" / "evaluation", "beit_b-cpu", split)
         again = load_metrics(interrupted / "evaluation", "beit_b-cpu", split)
