@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import softmax
 
 from spinecad.atomic import remove_partials
 from spinecad.backbones import PROFILES
@@ -29,7 +30,7 @@ from spinecad.manifest import Manifest, write_manifest
 from spinecad.manifest import ModelEntry as ManifestEntry
 from spinecad.model import SpineCADModel
 from train.calibrate import ENSEMBLE_METHOD, METHOD, fit_temperature
-from train.loop import predict_logits, save_checkpoint, softmax
+from train.loop import predict_logits, save_checkpoint
 from train.pipeline import PreparedData
 from train.recipe import Recipe
 
@@ -77,15 +78,16 @@ def evaluate_run(
     raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
     calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVAL_SPLITS}
     results: dict[str, dict[str, dict]] = {}
+    datasets = {split: data.dataset(split, recipe) for split in EVAL_SPLITS}
+    val_labels = datasets["val"].labels.numpy()
     for key, model in models:
         model.to(device)
-        logits = {split: predict_logits(model, data.dataset(split, recipe), device)[0] for split in EVAL_SPLITS}
-        val_labels = data.dataset("val", recipe).labels.numpy()
+        logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVAL_SPLITS}
         model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
         results[key] = {}
         for split in EVAL_SPLITS:
-            frame = predictions_frame(data, split, softmax(logits[split]))
-            scaled = softmax(logits[split] / model.config.temperature)
+            frame = predictions_frame(data, split, softmax(logits[split], axis=1))
+            scaled = softmax(logits[split] / model.config.temperature, axis=1)
             raw[split].append(frame)
             calibrated[split].append(scaled)
             results[key][split] = write_split_evaluation(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import softmax
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
@@ -194,13 +195,7 @@ def predict_probs(
 ) -> tuple[np.ndarray, float]:
     """Probabilities (N, 3) at the model's temperature for every sample in order, and the mean loss."""
     logits, loss = predict_logits(model, dataset, device, batch_size=batch_size, criterion=criterion)
-    return softmax(logits / model.config.temperature), loss
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float64."""
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return softmax(logits / model.config.temperature, axis=1), loss
 
 
 def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None) -> None:
