@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/gpu.py`: import this checkout
 
@@ -31,8 +30,9 @@ from spinecad.devices import autocast, resolve_device
 from spinecad.loading import LoadedModel
 from spinecad.model import SpineCADModel
 from spinecad.predict import Predictor
+from train.augment import augment_batch
 from train.cache import attach_positions, build_cache
-from train.data import CachedSlices, model_batch
+from train.data import CachedSlices, batches, model_batch
 from train.recipe import PAPER
 from train.rsna import build_sample_index
 
@@ -62,7 +62,7 @@ def prediction_latencies(
 def training_throughput(model: SpineCADModel, dataset: CachedSlices, device: torch.device, steps: int) -> float:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, drop_last=True, num_workers=0)
+    loader = batches(dataset, PAPER.batch_size, shuffle_with=torch.Generator().manual_seed(0))
     seen, started, step = 0, None, 0
     while step < steps + 1:
         for images, levels, labels in loader:
@@ -70,8 +70,9 @@ def training_throughput(model: SpineCADModel, dataset: CachedSlices, device: tor
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 started = time.perf_counter()
+            images = augment_batch(images.to(device), PAPER.flip_probability, PAPER.rotation_degrees)
             with autocast(device):
-                logits = model(model_batch(images, model.data_config).to(device), levels.to(device))
+                logits = model(model_batch(images, model.data_config), levels.to(device))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -106,7 +107,7 @@ def main() -> None:
         rows["file"] = [str(index.image_file(p)) for p in rows["image_path"]]
         size = max(spec.input_size for spec in profile(args.profile))
         cache = build_cache(rows["file"].tolist(), Path(scratch) / "cache", size, progress=False)
-        dataset = CachedSlices(attach_positions(rows, cache), cache, PAPER, augment=True)
+        dataset = CachedSlices(attach_positions(rows, cache), cache)
 
         header = (f"{'backbone':18s} {'fp32 p50':>9s} {'fp32 p95':>9s} {'bf16 p50':>9s} {'bf16 p95':>9s} "
                   f"{'fp32/bf16':>9s} {'|dp| fp32':>10s} {'|dp| bf16':>10s} {'train img/s':>11s} {'peak MiB':>9s}")

@@ -106,7 +106,7 @@ def _train(argv: list[str]) -> int:
     from train.loop import TrainingData, train_model
 
     training = TrainingData(
-        train=data.dataset("train", recipe, augment=True), val=data.dataset("val", recipe),
+        train=data.dataset("train"), val=data.dataset("val"),
         facts={**facts, "n_train": int((data.rows["split"] == "train").sum()),
                "n_val": int((data.rows["split"] == "val").sum())},
         fingerprint=data.fingerprint(),
@@ -119,7 +119,7 @@ def _train(argv: list[str]) -> int:
         return 0
     from train.evaluate import evaluate_run
 
-    results = evaluate_run(output_dir, data, recipe, device=devices[specs[0].name], title=title, demo=args.demo,
+    results = evaluate_run(output_dir, data, device=devices[specs[0].name], title=title, demo=args.demo,
                            n_boot=args.n_boot)
     table = pd.DataFrame({key: {k: v[k] for k in ("accuracy", "macro_f1", "macro_roc_auc")}
                           for key, v in ((key, splits["test"]) for key, splits in results.items())}).T

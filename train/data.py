@@ -1,46 +1,44 @@
-"""Training samples from the cache: (image, level id, grade id), with the paper's flips and rotations."""
+"""Training samples from the cache: (image, level id, grade id); flips and rotations: train/augment.py."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
-from torchvision.transforms import v2
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from spinecad.labels import level_index, severity_index
 from spinecad.preprocess import DataConfig, normalise, resize_unit
 from train.cache import SliceCache
-from train.recipe import Recipe
 
 
 class CachedSlices(Dataset):
-    """Rows of the sample index that have a decoded slice; augmentation only when ``augment``."""
+    """Rows of the sample index that have a decoded slice. Indexed by a list of rows, it returns that batch:
+    [0, 1] float (B, 1, S, S) images read from the cache in one go, level ids (B,) and grade ids (B,)."""
 
-    def __init__(self, rows: pd.DataFrame, cache: SliceCache, recipe: Recipe, *, augment: bool) -> None:
+    def __init__(self, rows: pd.DataFrame, cache: SliceCache) -> None:
         self.rows = rows.reset_index(drop=True)
         self.cache = cache
         self.positions = self.rows["cache_position"].to_numpy()
         self.levels = torch.tensor([level_index(level) for level in self.rows["level"]], dtype=torch.long)
         self.labels = torch.tensor([severity_index(grade) for grade in self.rows["severity"]], dtype=torch.long)
-        self.augment = (
-            v2.Compose([
-                v2.RandomHorizontalFlip(recipe.flip_probability),
-                v2.RandomRotation(recipe.rotation_degrees, interpolation=v2.InterpolationMode.BILINEAR),
-            ])
-            if augment
-            else None
-        )
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pixels = np.asarray(self.cache.images[self.positions[index]], dtype=np.float32) / 255.0
-        image = torch.from_numpy(pixels)[None]
-        if self.augment is not None:
-            image = self.augment(image)
-        return image, self.levels[index], self.labels[index]
+    def __getitem__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = torch.as_tensor(indices, dtype=torch.long)
+        pixels = torch.from_numpy(np.asarray(self.cache.images[self.positions[rows.numpy()]]))
+        return pixels.unsqueeze(1).float().div_(255.0), self.levels[rows], self.labels[rows]
+
+
+def batches(dataset: CachedSlices, batch_size: int, *, shuffle_with: torch.Generator | None = None) -> DataLoader:
+    """Batches of ``dataset`` in order, or shuffled by ``shuffle_with`` (the same order as ``DataLoader(...,
+    shuffle=True, generator=shuffle_with)``). Each batch is one bulk read of the cache: automatic batching is off
+    and the sampler hands the dataset whole lists of indices, as the DataLoader documentation suggests for bulk
+    reads, so there is no per-item fetch or collate."""
+    order = SequentialSampler(dataset) if shuffle_with is None else RandomSampler(dataset, generator=shuffle_with)
+    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
 
 
 def model_batch(images: torch.Tensor, config: DataConfig) -> torch.Tensor:

@@ -32,7 +32,6 @@ from spinecad.model import SpineCADModel
 from train.calibrate import ENSEMBLE_METHOD, METHOD, fit_temperature
 from train.loop import predict_logits, save_checkpoint
 from train.pipeline import PreparedData
-from train.recipe import Recipe
 
 EVAL_SPLITS = ("val", "test")
 SIGNIFICANCE_SPLIT = "test"
@@ -55,7 +54,6 @@ def predictions_frame(data: PreparedData, split: str, probs) -> pd.DataFrame:
 def evaluate_run(
     output_dir: Path,
     data: PreparedData,
-    recipe: Recipe,
     *,
     device: torch.device,
     title: str,
@@ -78,7 +76,7 @@ def evaluate_run(
     raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
     calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVAL_SPLITS}
     results: dict[str, dict[str, dict]] = {}
-    datasets = {split: data.dataset(split, recipe) for split in EVAL_SPLITS}
+    datasets = {split: data.dataset(split) for split in EVAL_SPLITS}
     val_labels = datasets["val"].labels.numpy()
     for key, model in models:
         model.to(device)

@@ -21,7 +21,6 @@ from scipy.special import softmax
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spinecad.atomic import recover_directory, replace_directory
@@ -30,7 +29,8 @@ from spinecad.devices import autocast
 from spinecad.evaluation import write_history
 from spinecad.labels import SEVERITIES
 from spinecad.model import ModelConfig, SpineCADModel
-from train.data import CachedSlices, model_batch
+from train.augment import augment_batch
+from train.data import CachedSlices, batches, model_batch
 from train.recipe import Phase, Recipe
 from train.state import ResumeState, load_state, save_state
 
@@ -148,10 +148,11 @@ def train_model(
 
 def _train_epoch(model, dataset, recipe, optimizer, criterion, shuffler, device, progress, label) -> dict:
     model.train()
-    loader = DataLoader(dataset, batch_size=recipe.batch_size, shuffle=True, generator=shuffler, num_workers=0)
+    loader = batches(dataset, recipe.batch_size, shuffle_with=shuffler)
     total_loss, seen, predicted, truth = 0.0, 0, [], []
     for images, levels, labels in tqdm(loader, desc=label, unit="batch", leave=False, disable=not progress or None):
-        batch = model_batch(images, model.data_config).to(device)
+        images = augment_batch(images.to(device), recipe.flip_probability, recipe.rotation_degrees)
+        batch = model_batch(images, model.data_config)
         levels, labels = levels.to(device), labels.to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
@@ -178,7 +179,7 @@ def predict_logits(
 ) -> tuple[np.ndarray, float]:
     """Logits (N, 3) for every sample in order, and the mean loss when a criterion is given."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    loader = batches(dataset, batch_size)
     outputs, total_loss = [], 0.0
     for images, levels, labels in loader:
         with autocast(device):
