@@ -171,7 +171,8 @@ def _load_index(args: argparse.Namespace):
     if args.demo:
         from train.phantom import write_phantom_dataset
 
-        data_dir = args.data_dir or REPO / ".cache" / "phantom-demo"
+        # One folder per size: a folder written for another --phantom-studies is never silently reused.
+        data_dir = args.data_dir or REPO / ".cache" / f"phantom-demo-{args.phantom_studies}"
         if not (data_dir / "train.csv").exists():
             print(f"writing the phantom dataset ({args.phantom_studies} studies) to {data_dir}")
             write_phantom_dataset(data_dir, n_studies=args.phantom_studies, seed=0)
