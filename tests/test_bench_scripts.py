@@ -31,6 +31,17 @@ def bench(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def test_data_bench_prints_both_ratios(tmp_path):
+    result = bench("data.py", "--rounds", "1", "--size", "64", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for label in ("with flip \\+ rotation", "input only"):
+        line = re.search(rf"^{label}:\s+baseline .*?({NUMBER}) images/s, cached\s+({NUMBER}) images/s ->({NUMBER})x$",
+                         result.stdout, re.MULTILINE)
+        assert line, f"no {label!r} line:\n{result.stdout}"
+        baseline, cached, ratio = (float(value) for value in line.groups())
+        assert baseline > 0 and cached > 0 and ratio == pytest.approx(cached / baseline, abs=0.1)
+
+
 def test_gpu_bench_runs_on_the_cpu_and_prints_a_row_per_backbone(tmp_path):
     result = bench("gpu.py", "--profile", "cpu", "--predictions", "2", "--train-steps", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
