@@ -63,7 +63,7 @@ def _train_parser() -> argparse.ArgumentParser:
     source.add_argument("--manifest-csv", type=Path, help="CSV of pre-extracted slices")
     parser.add_argument("--demo", action="store_true",
                         help="phantom data + CPU profile + demo recipe; output defaults to checkpoints/")
-    parser.add_argument("--phantom-studies", type=int, default=120, help="studies in the demo's phantom set")
+    parser.add_argument("--phantom-studies", type=int, default=240, help="studies in the demo's phantom set")
     parser.add_argument("--profile", choices=sorted(PROFILES), help="backbone profile (default: paper; demo: cpu)")
     parser.add_argument("--models", help="comma-separated backbones: family names (vit_b16,swin_b,...), "
                                          "registry names, or hf:<model id>; default: the profile's six")
