@@ -35,7 +35,7 @@ def test_data_bench_prints_both_ratios(tmp_path):
     result = bench("data.py", "--rounds", "1", "--size", "64", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for label in ("with flip \\+ rotation", "input only"):
-        line = re.search(rf"^{label}:\s+baseline .*?({NUMBER}) images/s, cached\s+({NUMBER}) images/s ->({NUMBER})x$",
+        line = re.search(rf"^{label}:\s+baseline .*?({NUMBER}) images/s, cached({NUMBER}) images/s ->({NUMBER})x$",
                          result.stdout, re.MULTILINE)
         assert line, f"no {label!r} line:\n{result.stdout}"
         baseline, cached, ratio = (float(value) for value in line.groups())

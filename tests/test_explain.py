@@ -73,8 +73,8 @@ def test_demo_heatmaps_concentrate_on_the_spinal_canal(predictor, explained, nor
     (artifacts_dir / "heatmap_concentration.txt").write_text(report + "\n")
     assert names == ["ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"]
     # The demo's best model (test macro-F1) must look at the canal, and so must the demo set as a whole (its
-    # median model). Each model's own map is what it learnt from random init on a few hundred phantoms: one of
-    # six may spread its evidence over the slice, and the README says which.
+    # median model). Each model's own map is what it learnt from random init on a few hundred phantoms: some may
+    # spread their evidence over the slice, and the README says which.
     root = read_manifest(DEFAULT_MANIFEST).evaluation_dir
     scores = {m.name: load_metrics(root, m.key, "test")["metrics"]["macro_f1"] for m in predictor.models}
     best = max(scores, key=scores.get)
