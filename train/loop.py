@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -90,7 +91,8 @@ def train_model(
     checkpoint_dir = output_dir / spec.name
     state_path = output_dir / ".state" / f"{spec.name}.safetensors"
     recover_directory(checkpoint_dir)
-    torch.manual_seed(recipe.seed)
+    use_deterministic_kernels(device)
+    torch.manual_seed(recipe.seed)  # seeds the CPU and every CUDA device
     config = ModelConfig(
         backbone=spec.to_dict(), level_dim=recipe.level_dim, hidden_dims=list(recipe.hidden_dims),
         dropout=recipe.dropout,
@@ -110,8 +112,7 @@ def train_model(
         state = ResumeState(next_epoch=0, history=[], best_score=-math.inf, best_epoch=0)
     else:
         state, rng = resumed
-        torch.set_rng_state(rng["torch"])
-        shuffler.set_state(rng["shuffle"])
+        _restore_rng(rng, device, shuffler)
         log(f"[{spec.name}] resuming after epoch {state.next_epoch} of {recipe.epochs}")
     resumed_from = state.next_epoch
 
@@ -139,11 +140,37 @@ def train_model(
         state.next_epoch = epoch + 1
         write_history(output_dir / "evaluation", spec.name, _history_for_file(state.history))
         save_state(state_path, model=model, optimizer=optimizer, state=state, fingerprint=fingerprint,
-                   rng={"torch": torch.get_rng_state(), "shuffle": shuffler.get_state()})
+                   rng=_rng_state(device, shuffler))
         log(f"[{spec.name}] epoch {epoch + 1}: train loss {row['train_loss']:.3f} F1 {row['train_macro_f1']:.3f} | "
             f"val loss {val_loss:.3f} acc {row['val_accuracy']:.3f} F1 {row['val_macro_f1']:.3f} | "
             f"{row['seconds']:.1f} s")
     return TrainOutcome(spec.name, checkpoint_dir, state.history, state.best_epoch, state.best_score, resumed_from)
+
+
+def use_deterministic_kernels(device: torch.device) -> None:
+    """Make a seeded CUDA run repeatable: deterministic cuBLAS and cuDNN kernels. An op that has no deterministic
+    CUDA kernel warns instead of failing. On the CPU the kernels are deterministic already."""
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, i.e. before first use
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _rng_state(device: torch.device, shuffler: torch.Generator) -> dict[str, torch.Tensor]:
+    """Every random stream an epoch uses: the CPU one (augmentation draws, dropout on the CPU), the shuffle, and
+    on CUDA the device's own (dropout there)."""
+    rng = {"torch": torch.get_rng_state(), "shuffle": shuffler.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    return rng
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], device: torch.device, shuffler: torch.Generator) -> None:
+    torch.set_rng_state(rng["torch"])
+    shuffler.set_state(rng["shuffle"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
 
 
 def _train_epoch(model, dataset, recipe, optimizer, criterion, shuffler, device, progress, label) -> dict:
