@@ -64,12 +64,10 @@ def training_throughput(model: SpineCADModel, dataset: CachedSlices, device: tor
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
     if len(dataset) < PAPER.batch_size:
         raise SystemExit(f"need at least {PAPER.batch_size} training slices for one full batch, got {len(dataset)}")
-    loader = batches(dataset, PAPER.batch_size, shuffle_with=torch.Generator().manual_seed(0))
+    loader = batches(dataset, PAPER.batch_size, shuffle_with=torch.Generator().manual_seed(0), drop_last=True)
     seen, started, step = 0, None, 0
     while step < steps + 1:
         for images, levels, labels in loader:
-            if len(labels) < PAPER.batch_size:  # a last partial batch: skipped, as drop_last would
-                continue
             if step == 1:  # step 0 is warm-up
                 if device.type == "cuda":
                     torch.cuda.synchronize()

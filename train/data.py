@@ -32,14 +32,17 @@ class CachedSlices(Dataset):
         return pixels.unsqueeze(1).float().div_(255.0), self.levels[rows], self.labels[rows]
 
 
-def batches(dataset: CachedSlices, batch_size: int, *, shuffle_with: torch.Generator | None = None) -> DataLoader:
-    """Batches of ``dataset`` in order, or in an order drawn from ``shuffle_with``. Each batch is one bulk read of
-    the cache: automatic batching is off and the sampler hands the dataset whole lists of indices, as the
-    DataLoader documentation suggests for bulk reads, so there is no per-item fetch or collate. (Like any
+def batches(
+    dataset: CachedSlices, batch_size: int, *, shuffle_with: torch.Generator | None = None, drop_last: bool = False,
+) -> DataLoader:
+    """Batches of ``dataset`` in order, or in an order drawn from ``shuffle_with``; ``drop_last`` leaves out a last
+    partial batch. Each batch is one bulk read of the cache: automatic batching is off and the sampler hands the
+    dataset whole lists of indices, as the DataLoader documentation suggests for bulk reads, so there is no
+    per-item fetch or collate. (Like any
     DataLoader without a generator of its own, each pass also takes one draw from the global torch RNG to seed
     workers; there are none, and that RNG is saved with the resume state.)"""
     order = SequentialSampler(dataset) if shuffle_with is None else RandomSampler(dataset, generator=shuffle_with)
-    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None)
+    return DataLoader(dataset, sampler=BatchSampler(order, batch_size, drop_last=drop_last), batch_size=None)
 
 
 def model_batch(images: torch.Tensor, config: DataConfig) -> torch.Tensor:
