@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +27,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
-
-from spinecad.preprocess import DataConfig, normalise
+from spinecad.models.preprocess import DataConfig, normalise
 from train.augment import augment_batch
 from train.cache import attach_positions, build_cache
-from train.data import CachedSlices, batches
+from train.data import SliceDataset, batches
 from train.recipe import PAPER
 from train.rsna import build_sample_index
 
@@ -68,7 +65,7 @@ def main() -> None:
         rows["file"] = [str(index.image_file(p)) for p in rows["image_path"]]
         files = rows["file"].tolist()
         cache = build_cache(files, Path(scratch) / "cache", args.size, progress=False)
-        dataset = CachedSlices(attach_positions(rows, cache), cache)
+        dataset = SliceDataset(attach_positions(rows, cache), cache)
         loader = batches(dataset, args.batch_size, shuffle_with=torch.Generator().manual_seed(0))
         per_item_augment = v2.Compose([
             v2.RandomHorizontalFlip(PAPER.flip_probability),

@@ -6,37 +6,35 @@
 
 Prints, per model, medians (ms) of:
   (a) a plain prediction: preprocess + forward at one level, no gradients   (baseline)
-  (b) its heatmap: preprocess + forward + backward + CAM + resize + overlay (spinecad.explain)
+  (b) its heatmap: preprocess + forward + backward + CAM + resize + overlay (spinecad.inference.heatmaps)
 and the ratio b/a. Runs are interleaved so machine noise hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
-
 from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
 
-from spinecad.backbones import profile
-from spinecad.explain import explain_slice
+from spinecad.inference.heatmaps import explain_slice
+from spinecad.inference.loading import LoadedModel
+from spinecad.inference.predictor import Predictor
 from spinecad.labels import level_index
-from spinecad.loading import LoadedModel
-from spinecad.manifest import default_manifest_path
-from spinecad.model import SpineCADModel
-from spinecad.predict import Predictor
-from spinecad.preprocess import slice_to_tensor
+from spinecad.models.model import SpineCADModel
+from spinecad.models.preprocess import slice_to_tensor
+from spinecad.models.registry import profile
 
+DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json"
 LEVEL = "L4/L5"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", type=Path, default=DEMO_MANIFEST,
+                        help="the models to explain (default: the demo set of this checkout)")
     parser.add_argument("--profile", choices=("paper", "cpu"), help="random-init backbones instead of the manifest")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -51,7 +49,7 @@ def main() -> None:
         predictor = Predictor([LoadedModel(m.config.backbone["name"], m.display_name, m, "bench") for m in models],
                               device=args.device)
     else:
-        predictor = Predictor.from_manifest(default_manifest_path(), device=args.device)
+        predictor = Predictor.from_manifest(args.manifest, device=args.device)
     pixels = np.random.default_rng(0).random((256, 256)).astype(np.float32)
     level = torch.tensor([level_index(LEVEL)], device=predictor.device)
     print(f"{len(predictor.models)} models on {predictor.device}, {torch.get_num_threads()} threads, "

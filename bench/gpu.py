@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,16 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/gpu.py`: import this checkout
-
-from spinecad.backbones import profile
-from spinecad.devices import autocast, resolve_device
-from spinecad.loading import LoadedModel
-from spinecad.model import SpineCADModel
-from spinecad.predict import Predictor
+from spinecad.inference.devices import autocast, resolve_device
+from spinecad.inference.loading import LoadedModel
+from spinecad.inference.predictor import Predictor
+from spinecad.models.model import SpineCADModel
+from spinecad.models.registry import profile
 from train.augment import augment_batch
 from train.cache import attach_positions, build_cache
-from train.data import CachedSlices, batches, model_batch
+from train.data import SliceDataset, batches, model_batch
 from train.recipe import PAPER
 from train.rsna import build_sample_index
 
@@ -59,7 +56,7 @@ def prediction_latencies(
     return times, probs
 
 
-def training_throughput(model: SpineCADModel, dataset: CachedSlices, device: torch.device, steps: int) -> float:
+def training_throughput(model: SpineCADModel, dataset: SliceDataset, device: torch.device, steps: int) -> float:
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
     if len(dataset) < PAPER.batch_size:
@@ -109,7 +106,7 @@ def main() -> None:
         rows["file"] = [str(index.image_file(p)) for p in rows["image_path"]]
         size = max(spec.input_size for spec in profile(args.profile))
         cache = build_cache(rows["file"].tolist(), Path(scratch) / "cache", size, progress=False)
-        dataset = CachedSlices(attach_positions(rows, cache), cache)
+        dataset = SliceDataset(attach_positions(rows, cache), cache)
 
         header = (f"{'backbone':18s} {'fp32 p50':>9s} {'fp32 p95':>9s} {'bf16 p50':>9s} {'bf16 p95':>9s} "
                   f"{'fp32/bf16':>9s} {'|dp| fp32':>10s} {'|dp| bf16':>10s} {'train img/s':>11s} {'peak MiB':>9s}")

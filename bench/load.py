@@ -35,10 +35,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # `python bench/load.py` from anywhere: spinecad is imported from this checkout
+from spinecad.imaging import ImageReadError, read_slice
 
-from spinecad.imaging import ImageReadError, read_slice  # noqa: E402 - after the path fix above
+REPO = Path(__file__).resolve().parents[1]  # the checkout: its app.py, example slices and test corpus
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -15,22 +15,17 @@ and the ratios b/a (target <= 1.15), c/b (target <= 1.05), e/c, and d (target < 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python bench/...`: import this checkout
-
 from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
 
-from spinecad.backbones import profile
+from spinecad.inference.loading import LoadedModel
+from spinecad.inference.predictor import Predictor
 from spinecad.labels import LEVELS
-from spinecad.loading import LoadedModel
-from spinecad.model import SpineCADModel
-from spinecad.predict import Predictor
-from spinecad.preprocess import slice_to_tensor
+from spinecad.models.model import SpineCADModel
+from spinecad.models.preprocess import slice_to_tensor
+from spinecad.models.registry import profile
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ once. Columns: file (name in the folder), label (button text), format, level, tr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -13,9 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from spinecad.atomic import atomic_path
+from spinecad.logs import warn_once
+
+logger = logging.getLogger(__name__)
 
 INDEX_FILE = "examples.csv"
-DEFAULT_EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "checkpoints" / "examples"
 
 
 @dataclass(frozen=True)
@@ -38,8 +41,8 @@ def write_example_index(folder: str | Path, examples: Sequence[Example]) -> Path
     return path
 
 
-def read_example_index(folder: str | Path = DEFAULT_EXAMPLES_DIR) -> list[Example]:
-    """The examples an ``examples.csv`` lists whose file exists (empty when there is no index)."""
+def read_example_index(folder: str | Path) -> list[Example]:
+    """The examples an ``examples.csv`` lists whose file exists (empty when there is no index); others are logged."""
     folder = Path(folder)
     path = folder / INDEX_FILE
     if not path.is_file():
@@ -50,4 +53,8 @@ def read_example_index(folder: str | Path = DEFAULT_EXAMPLES_DIR) -> list[Exampl
     if missing:
         raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(columns)}.")
     examples = [Example(**{c: row[c] for c in columns}) for row in frame.to_dict(orient="records")]
-    return [example for example in examples if (folder / example.file).is_file()]
+    missing = [example.file for example in examples if not (folder / example.file).is_file()]
+    if missing:
+        warn_once(logger, f"{path} lists {len(missing)} example file(s) that are not there, left out: "
+                          f"{', '.join(missing)}.")
+    return [example for example in examples if example.file not in missing]

@@ -4,6 +4,10 @@
 calibrated switch shows), a manifest and an evaluation tree of random (but grade-correlated) predictions with
 calibration and significance, so the app tests never depend on the demo set being trained.
 
+Most app tests share one in-process app (``tests/conftest.py``: ``launched_app``). ``running_app`` starts
+``python app.py`` as a subprocess, for the tests where the process itself is the point: its log and its temporary
+folder (test_privacy) and starting on broken checkpoints (test_checkpoint_faults).
+
     python -m tests.app_fixture /tmp/spinecad-fixture   # then SPINECAD_MANIFEST=/tmp/spinecad-fixture/manifest.json
 """
 
@@ -24,11 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spinecad import evaluation, metrics
-from spinecad.backbones import CPU_PROFILE, CPU_SUFFIX
+from spinecad.evaluation import metrics
+from spinecad.evaluation import store as evaluation
+from spinecad.inference.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
-from spinecad.manifest import Manifest, ModelEntry, read_manifest, write_manifest
-from spinecad.model import SpineCADModel
+from spinecad.models.model import HeadConfig, SpineCADModel
+from spinecad.models.registry import CPU_PROFILE, CPU_SUFFIX
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_TITLE = "Test fixture (random weights)"
@@ -46,9 +51,10 @@ def write_fixture_set(root: Path, *, n_studies: int = 24, n_boot: int = 50) -> P
     entries = []
     for spec, temperature in zip(CPU_PROFILE, FIXTURE_TEMPERATURES, strict=True):
         key = spec.name.removesuffix(CPU_SUFFIX)
-        model = SpineCADModel.build(spec.name, level_dim=64, hidden_dims=[128, 64], temperature=temperature)
+        model = SpineCADModel.build(spec.name, HeadConfig(level_dim=64, hidden_dims=(128, 64)),
+                                     temperature=temperature)
         model.save_pretrained(root / key)
-        entries.append(ModelEntry(key=key, name=spec.display_name, path=key))
+        entries.append(ManifestEntry(key=key, name=spec.display_name, path=key))
     write_fixture_evaluation(root / "evaluation", [(e.key, e.name) for e in entries], n_studies, n_boot)
     # Written last: its presence means the whole set is there.
     write_manifest(Manifest(tuple(entries), title=FIXTURE_TITLE, demo=True, evaluation="evaluation"),
@@ -59,14 +65,14 @@ def write_fixture_set(root: Path, *, n_studies: int = 24, n_boot: int = 50) -> P
 def write_manifest_with_missing_model(root: Path) -> Path:
     """A second manifest beside ``write_fixture_set``'s: its six models plus one whose folder does not exist."""
     manifest = read_manifest(Path(root) / "manifest.json")
-    missing = ModelEntry(key="missing", name=MISSING_MODEL, path="missing")
+    missing = ManifestEntry(key="missing", name=MISSING_MODEL, path="missing")
     path = Path(root) / "manifest-with-missing-model.json"
     write_manifest(replace(manifest, models=(*manifest.models, missing)), path)
     return path
 
 
 def write_fixture_evaluation(root: Path, models: list[tuple[str, str]], n_studies: int = 24, n_boot: int = 50) -> None:
-    """An evaluation tree (format: spinecad.evaluation) of random predictions, better for later models, plus the
+    """An evaluation tree (format: spinecad.evaluation.store) of random predictions, better for later models, plus the
     ensemble, calibration at FIXTURE_TEMPERATURES, the test split's significance and a six-epoch history per model."""
     rng = np.random.default_rng(0)
     splits = {"val": 5_000_000, "test": 6_000_000}

@@ -1,7 +1,9 @@
-"""The real app (``python app.py``) launched as a subprocess on a fixture set and driven through gradio_client.
+"""The app driven through gradio_client: the session's one in-process app (``launched_app`` in conftest.py), built
+by ``ui.build`` on the fixture set and served by ``ui.launch`` as app.py does.
 
-The fixture's manifest lists the six models plus a seventh whose folder is missing, so the same launch shows a load
-failure in the banner while the six others serve.
+The fixture's manifest lists the six models plus a seventh whose folder is missing, so the same app shows a load
+failure in the banner while the six others serve. What only a separate process shows (its log, its temporary folder,
+starting on broken checkpoints) is in test_privacy and test_checkpoint_faults.
 """
 
 from __future__ import annotations
@@ -13,60 +15,41 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from spinecad.examples import DEFAULT_EXAMPLES_DIR
+from spinecad.evaluation.metrics import temperature_scaled
+from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import LEVELS, SEVERITIES
-from spinecad.metrics import temperature_scaled
-from spinecad.predict import ENSEMBLE
-from tests.app_fixture import (
-    FIXTURE_TEMPERATURES,
-    MISSING_MODEL,
-    running_app,
-    write_fixture_set,
-    write_manifest_with_missing_model,
-)
+from tests.app_fixture import FIXTURE_TEMPERATURES, MISSING_MODEL
+from tests.conftest import EXAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
 MODEL_NAMES = ["ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"]
-# An upload name that could identify a patient: it must never reach the page, the JSON or the log.
-PATIENT_FILE_NAME = "Jane_Doe_1970-01-01_lumbar"
 
 
-@pytest.fixture(scope="session")
-def fixture_manifest(tmp_path_factory) -> Path:
-    return write_fixture_set(tmp_path_factory.getbasetemp() / "spinecad-fixture")
-
-
-@pytest.fixture(scope="module")
-def app(fixture_manifest, tmp_path_factory):
-    """(url, upload dir, log path) of one app process shared by this module's tests."""
-    work = tmp_path_factory.mktemp("app")
-    temp_dir, log_path = work / "gradio-tmp", work / "app.log"
-    manifest = write_manifest_with_missing_model(fixture_manifest.parent)
-    with running_app(manifest, temp_dir, log_path) as url:
-        yield url, temp_dir, log_path
-
-
-@pytest.fixture(scope="module")
-def client(app) -> Client:
-    return Client(app[0], verbose=False)
+@pytest.fixture()
+def client(app_client):
+    return app_client
 
 
 @pytest.fixture()
 def upload_copy(tmp_path):
-    """Copy an example under a patient-like name, as a visitor's file would be called."""
+    """Copy an example under the name it would have as a visitor's file (the name must not matter)."""
 
     def copy(example: str, suffix: str | None = None) -> Path:
-        source = DEFAULT_EXAMPLES_DIR / example
-        target = tmp_path / (PATIENT_FILE_NAME + (source.suffix if suffix is None else suffix))
+        source = EXAMPLES_DIR / example
+        target = tmp_path / ("upload" + (source.suffix if suffix is None else suffix))
         shutil.copyfile(source, target)
         return target
 
     return copy
+
+
+def uploads_left(upload_dir: Path) -> list[Path]:
+    return [p for p in upload_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
 
 
 def _check_shape(result: dict, level: str) -> None:
@@ -94,7 +77,7 @@ def _check_shape(result: dict, level: str) -> None:
 def test_predict_returns_the_documented_json_for_every_level(client, upload_copy, example, suffix, source):
     path = upload_copy(example, suffix)
     for level in LEVELS:
-        shutil.copyfile(DEFAULT_EXAMPLES_DIR / example, path)
+        shutil.copyfile(EXAMPLES_DIR / example, path)
         result = client.predict(handle_file(path), level, api_name="/predict")
         _check_shape(result, level)
         assert result["source"] == source
@@ -137,33 +120,19 @@ def test_an_unknown_level_is_refused_by_name(client, upload_copy):
         client.predict(handle_file(upload_copy("normal_axial.png")), "L6/L7", api_name="/predict")
 
 
-def test_uploads_are_deleted_and_nothing_identifying_is_shown_or_logged(app, client, upload_copy, tmp_path):
-    _, temp_dir, log_path = app
-    result = client.predict(handle_file(upload_copy("severe_axial.dcm")), "L4/L5", api_name="/predict")
-    refused = tmp_path / "refused" / f"{PATIENT_FILE_NAME}.dcm"  # a failing request must clean up too
-    refused.parent.mkdir()
-    refused.write_bytes(b"not an image")
-    with pytest.raises(AppError):
-        client.predict(handle_file(refused), "L4/L5", api_name="/predict")
-    leftovers = [p for p in temp_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
-    assert leftovers == [], f"uploads left on the server: {leftovers}"
-    assert not [p for p in temp_dir.rglob("*") if PATIENT_FILE_NAME in p.name]
-    # The example DICOM's header names a (synthetic) patient: neither it nor the file name may surface.
-    shown = repr(result) + log_path.read_text(errors="replace")
-    assert "PHANTOM" not in shown and PATIENT_FILE_NAME not in shown
-
-
-def test_the_banner_names_the_models_their_source_the_failure_and_the_demo_warning(client):
+def test_the_banner_names_the_models_their_source_the_failure_and_the_demo_warning(launched_app, client):
+    """The one test of the banner as the launched page serves it (test_charts tests ``banner_markdown`` itself)."""
     banner = next(c["props"]["value"] for c in client.config["components"] if c["props"].get("elem_id") == "banner")
     assert "Demo weights, not for clinical use" in banner and "synthetic phantom images" in banner
-    assert "6 of 7 models loaded" in banner and "on **CPU**" in banner
+    assert "**6 of 7 models loaded** on **CPU** from *Test fixture (random weights)*" in banner
     assert f"{', '.join(MODEL_NAMES)} from local folder `spinecad-fixture/`" in banner
-    assert f"{MISSING_MODEL} could not be loaded" in banner
+    assert f"**{MISSING_MODEL} could not be loaded**: {MISSING_MODEL}: no checkpoint folder at" in banner
     assert "The other models still serve" in banner
+    # Folders are named relative to the manifest's parent: the server's own paths stay off the page.
+    assert "spinecad-fixture/missing" in banner and str(launched_app.predictor.manifest.root) not in banner
 
 
-def test_the_server_honours_gradio_server_name_and_port_and_limits_uploads(app, client):
-    assert app[0].startswith("http://127.0.0.1:")
+def test_the_server_limits_uploads_and_offers_only_the_two_scripted_endpoints(client):
     assert client.config["max_file_size"] == 64 * 2**20
     scripted = [d["api_name"] for d in client.config["dependencies"] if d.get("api_visibility") != "private"]
     assert scripted == ["predict", "explain"]  # the scripted entry points; the UI's own events stay private
@@ -172,7 +141,7 @@ def test_the_server_honours_gradio_server_name_and_port_and_limits_uploads(app, 
 def test_calibrated_probabilities_are_each_models_temperature_applied(client, upload_copy):
     path = upload_copy("moderate_axial.png")
     raw = client.predict(handle_file(path), "L3/L4", api_name="/predict")  # the default stays raw
-    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "moderate_axial.png", path)
+    shutil.copyfile(EXAMPLES_DIR / "moderate_axial.png", path)
     calibrated = client.predict(handle_file(path), "L3/L4", "calibrated", api_name="/predict")
     assert raw["calibrated"] is False and calibrated["calibrated"] is True
     assert all(values["from_cache"] for values in calibrated["models"].values())  # only the heads ran
@@ -183,12 +152,12 @@ def test_calibrated_probabilities_are_each_models_temperature_applied(client, up
         assert calibrated["models"][name]["grade"] == raw["models"][name]["grade"]
     mean = np.mean([[calibrated["models"][n][g] for g in SEVERITIES] for n in MODEL_NAMES], axis=0)
     np.testing.assert_allclose([calibrated["ensemble"][g] for g in SEVERITIES], mean, atol=1e-4)
-    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "moderate_axial.png", path)
+    shutil.copyfile(EXAMPLES_DIR / "moderate_axial.png", path)
     with pytest.raises(AppError, match="Unknown probabilities 'cooked'; expected 'raw' or 'calibrated'"):
         client.predict(handle_file(path), "L3/L4", "cooked", api_name="/predict")
 
 
-def test_explain_returns_one_heatmap_image_per_model(app, client, upload_copy):
+def test_explain_returns_one_heatmap_image_per_model(launched_app, client, upload_copy):
     result = client.predict(handle_file(upload_copy("severe_axial.dcm")), "L5/S1", api_name="/explain")
     assert result["level"] == "L5/S1" and list(result["models"]) == MODEL_NAMES
     for values in result["models"].values():
@@ -199,18 +168,9 @@ def test_explain_returns_one_heatmap_image_per_model(app, client, upload_copy):
         assert values["grade"] in SEVERITIES and 0 < values["probability"] <= 1 and values["seconds"] > 0
         assert values["method"].split(" · ")[0] in ("Grad-CAM", "HiResCAM")
     # The overlays hold the slice: they travel inline and never land in the server's file cache.
-    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert uploads_left(launched_app.upload_dir) == []  # /explain deletes its upload too
     empty = upload_copy("severe_axial.dcm")
     empty.write_bytes(b"")
     with pytest.raises(AppError) as raised:
         client.predict(handle_file(empty), "L5/S1", api_name="/explain")
     assert str(raised.value) == "The file is empty."
-
-
-def test_spaces_gpu_imports_offline_and_passes_functions_through_off_a_space():
-    import spaces  # no network: this test runs offline like the app
-
-    def run(pixels):
-        return pixels
-
-    assert spaces.GPU(run) is run and spaces.GPU(duration=60)(run) is run

@@ -7,15 +7,17 @@ from dataclasses import replace
 import pytest
 import torch
 
-from spinecad.backbones import (
+from spinecad.models.backbones import build_backbone
+from spinecad.models.registry import (
     CPU_PROFILE,
     PAPER_PROFILE,
     BackboneError,
     BackboneSpec,
     PretrainedWeightsUnavailable,
-    build_backbone,
     get_spec,
+    list_backbones,
     profile,
+    register,
     transformers_spec,
 )
 
@@ -36,8 +38,16 @@ def test_profiles_hold_the_paper_six_and_their_cpu_siblings():
     assert "in22k" in get_spec("beit_b").pretrained_tag and get_spec("beit_b").note
 
 
-@pytest.mark.parametrize("spec", CPU_PROFILE, ids=lambda s: s.name)
-def test_cpu_backbone_forward_backward_and_layer_groups(spec: BackboneSpec):
+# A row added through register() is tested like the paper's: the parametrisation reads the registry itself.
+register(transformers_spec("example/tiny-vit", config=TINY_VIT_CONFIG, display_name="TinyViT"))
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if get_spec(name).input_size >= 224 else name  # paper size: seconds
+    for name in list_backbones()
+])
+def test_every_registered_backbone_runs_forward_and_backward_into_every_parameter(name: str):
+    spec = get_spec(name)
     torch.manual_seed(0)
     backbone = build_backbone(spec)
     images = torch.randn(2, 3, spec.input_size, spec.input_size, requires_grad=True)
@@ -45,12 +55,25 @@ def test_cpu_backbone_forward_backward_and_layer_groups(spec: BackboneSpec):
     assert features.shape == (2, backbone.num_features)
     features.square().mean().backward()
     assert images.grad is not None and torch.isfinite(images.grad).all()
+    # Every parameter is in the graph (a zero gradient is allowed: timm zero-initialises ResNets' last BN per block).
+    starved = [n for n, p in backbone.named_parameters() if p.requires_grad and p.grad is None]
+    assert starved == [], f"{name}: no gradient reaches {starved[:5]}"
+    assert all(torch.isfinite(p.grad).all() for p in backbone.parameters())
     groups = backbone.layer_groups()
     flat = [p for group in groups for p in group]
     assert len(flat) == len(list(backbone.parameters())) and len(groups) >= 8
-    # The last group is the layer nearest the output: its parameters received gradient.
-    assert all(p.grad is not None for p in groups[-1])
     assert backbone.data_config.input_size == spec.input_size
+
+
+def test_paper_rows_take_normalisation_from_the_weights_own_pretrained_config():
+    import timm
+
+    for spec in PAPER_PROFILE:
+        config = timm.get_pretrained_cfg(f"{spec.architecture}.{spec.pretrained_tag}")
+        assert (spec.mean, spec.std, spec.interpolation) == (config.mean, config.std, config.interpolation)
+        assert spec.input_size == 224  # the paper's one override: every model is fed 224 px
+    cpu = {spec.family: spec for spec in CPU_PROFILE}
+    assert all(cpu[spec.name].data_config.mean == spec.mean for spec in PAPER_PROFILE)
 
 
 def test_spec_round_trips_through_a_dict():
@@ -68,7 +91,7 @@ def test_unknown_names_are_refused_with_the_known_ones_listed():
 
 
 def test_transformers_backbone_behind_the_same_interface():
-    spec = transformers_spec("example/tiny-vit", config=TINY_VIT_CONFIG, display_name="TinyViT")
+    spec = get_spec("hf:example/tiny-vit")  # registered above, so no Hub lookup
     backbone = build_backbone(spec)
     images = torch.randn(2, 3, 64, 64)
     assert backbone.features(images).shape == (2, 32) == (2, backbone.num_features)

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from spinecad.backbones import profile
+from spinecad.models.registry import profile
 from tests.app_fixture import write_fixture_set
 from tests.conftest import REPO
 

@@ -1,8 +1,9 @@
-"""The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
+"""The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``), on the session's
+in-process app (``launched_app`` in conftest.py).
 
 Screenshots of both tabs and of the heatmap gallery are left in ``test-artifacts/``; with SPINECAD_UPDATE_SCREENSHOTS=1
-they are also copied to ``docs/screenshots/`` for the README, taken on the committed demo set (or SPINECAD_MANIFEST's)
-when it is there.
+they are also copied to ``docs/screenshots/`` for the README, taken on an app of its own on the committed demo set (or
+SPINECAD_MANIFEST's) when it is there.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from spinecad.evaluation import load_predictions
-from spinecad.examples import DEFAULT_EXAMPLES_DIR
+from spinecad.evaluation.store import load_predictions
 from spinecad.labels import SEVERITY_COLUMNS
-from spinecad.manifest import default_manifest_path, read_manifest
-from tests.app_fixture import REPO, running_app, write_fixture_set
+from tests.app_fixture import REPO
+from tests.conftest import DEMO_MANIFEST, EXAMPLES_DIR, serving
 
 pytestmark = pytest.mark.slow
 
@@ -29,20 +30,32 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 UPDATE_SCREENSHOTS = os.environ.get("SPINECAD_UPDATE_SCREENSHOTS") == "1"
 README_SCREENSHOTS = REPO / "docs" / "screenshots"
 MODEL_NAMES = ["ViT-B/16", "Swin-B", "BEiT-B", "EfficientNetV2-M", "ResNet-152", "ConvNeXt-B"]
-PATIENT_FILE_NAME = "Jane_Doe_1970-01-01_lumbar.dcm"
 TIMEOUT_MS = 30_000
 
 
+@dataclass(frozen=True)
+class BrowserApp:
+    url: str
+    upload_dir: Path
+    evaluation_dir: Path
+
+
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    """(url, upload dir) of the app on the fixture set, or on the demo set when refreshing README screenshots."""
-    if UPDATE_SCREENSHOTS and default_manifest_path().is_file():
-        manifest = default_manifest_path()  # the demo set (or SPINECAD_MANIFEST's) makes the README's pictures
+def app(request, upload_dir) -> BrowserApp:
+    """The session's app on the fixture set, or one on the demo set when refreshing the README's screenshots."""
+    screenshot_manifest = Path(os.environ.get("SPINECAD_MANIFEST") or DEMO_MANIFEST)
+    if not (UPDATE_SCREENSHOTS and screenshot_manifest.is_file()):
+        launched = request.getfixturevalue("launched_app")
+        yield BrowserApp(launched.url, launched.upload_dir, launched.predictor.manifest.evaluation_dir)
+        return
+    if screenshot_manifest == DEMO_MANIFEST:
+        predictor = request.getfixturevalue("demo_predictor")
     else:
-        manifest = write_fixture_set(tmp_path_factory.getbasetemp() / "spinecad-fixture")
-    work = tmp_path_factory.mktemp("browser-app")
-    with running_app(manifest, work / "gradio-tmp", work / "app.log") as url:
-        yield url, work / "gradio-tmp", manifest
+        from spinecad.inference.predictor import Predictor
+
+        predictor = Predictor.from_manifest(screenshot_manifest, device="cpu")
+    with serving(predictor, upload_dir) as url:  # the demo set makes the README's pictures
+        yield BrowserApp(url, upload_dir, predictor.manifest.evaluation_dir)
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +68,13 @@ def page(app):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(TIMEOUT_MS)
-        page.goto(app[0])
+        page.goto(app.url)
         yield page
         browser.close()
+
+
+def uploads_left(upload_dir: Path) -> list[Path]:
+    return [p for p in upload_dir.rglob("*") if p.is_file() and p.stat().st_size > 0]
 
 
 def save_screenshot(page, name: str, artifacts_dir: Path, element: str | None = None) -> None:
@@ -74,8 +91,8 @@ def save_screenshot(page, name: str, artifacts_dir: Path, element: str | None = 
 
 
 def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path):
-    upload = tmp_path / PATIENT_FILE_NAME
-    shutil.copyfile(DEFAULT_EXAMPLES_DIR / "severe_axial.dcm", upload)
+    upload = tmp_path / "slice.dcm"
+    shutil.copyfile(EXAMPLES_DIR / "severe_axial.dcm", upload)
     page.set_input_files("#slice-upload input[type=file]", upload)
     rows = page.locator("#model-table .virtual-row")
     rows.nth(6).wait_for()
@@ -90,10 +107,6 @@ def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path
     page.locator("#level-picker").get_by_text("L2/L3").click()
     page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L2/L3:')")
 
-    # The file name could identify a patient: it is not on the page, and the upload is gone from the server.
-    assert PATIENT_FILE_NAME not in page.content()
-    leftovers = [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
-    assert leftovers == []
     page.locator("#level-picker").get_by_text("L4/L5").click()
     page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
 
@@ -107,7 +120,8 @@ def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path
     assert all(images.nth(k).evaluate("e => e.complete && e.naturalWidth > 0") for k in range(6))
     captions = page.locator("#heatmap-gallery figcaption").all_inner_texts()
     assert [caption.split("\n")[0] for caption in captions] == MODEL_NAMES
-    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    # The overlays hold the slice: the gallery gets them inline, and neither they nor the upload stay on the server.
+    assert uploads_left(app.upload_dir) == []
     save_screenshot(page, "explain.png", artifacts_dir, element="#heatmap-gallery")
     save_screenshot(page, "predict.png", artifacts_dir)
 
@@ -168,7 +182,7 @@ def test_compare_tab_draws_its_plotly_charts(page, artifacts_dir):
 
 
 def test_an_uploaded_predictions_file_becomes_one_more_column(page, app, tmp_path):
-    stored = load_predictions(read_manifest(app[2]).evaluation_dir, "ensemble", "test")
+    stored = load_predictions(app.evaluation_dir, "ensemble", "test")
     submission = stored[["row_id", *SEVERITY_COLUMNS]].copy()
     submission[list(SEVERITY_COLUMNS)] = 0.5 * submission[list(SEVERITY_COLUMNS)] + 0.5 / 3  # a blurrier model
     path = tmp_path / "my_model_predictions.csv"
@@ -177,5 +191,6 @@ def test_an_uploaded_predictions_file_becomes_one_more_column(page, app, tmp_pat
     page.wait_for_function(
         "() => document.querySelector('#metrics-table').innerText.includes('Your model (uploaded)')")
     assert f"Scored on {len(stored)} of {len(stored)} labelled rows" in page.locator("#outside-note").inner_text()
+    # Only the browser can upload a predictions file: its name is not shown, and it does not stay on the server.
     assert "my_model_predictions" not in page.content()
-    assert not [p for p in app[1].rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert uploads_left(app.upload_dir) == []

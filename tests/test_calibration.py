@@ -1,6 +1,6 @@
 """Temperature scaling: the fit, what the training package stores, what the artefacts say and what the predictor does.
 
-ECE here is recomputed by hand (a loop over bins), independent of ``spinecad.metrics``.
+ECE here is recomputed by hand (a loop over bins), independent of ``spinecad.evaluation.metrics``.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ import json
 import numpy as np
 import pytest
 
-from spinecad import evaluation, metrics
+from spinecad.evaluation import metrics
+from spinecad.evaluation import store as evaluation
+from spinecad.inference.manifest import read_manifest
 from spinecad.labels import SEVERITIES, SEVERITY_COLUMNS
-from spinecad.manifest import DEFAULT_MANIFEST, read_manifest
-from spinecad.model import SpineCADModel
-from spinecad.predict import Predictor
+from spinecad.models.model import SpineCADModel
+from tests.conftest import DEMO_MANIFEST
 from train.calibrate import TEMPERATURE_BOUNDS, fit_temperature, negative_log_likelihood
 
-DEMO_ROOT = read_manifest(DEFAULT_MANIFEST).evaluation_dir
-DEMO_KEYS = [m.key for m in read_manifest(DEFAULT_MANIFEST).models]
+DEMO_ROOT = read_manifest(DEMO_MANIFEST).evaluation_dir
+DEMO_KEYS = [m.key for m in read_manifest(DEMO_MANIFEST).models]
 
 
 def direct_ece(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
@@ -78,15 +79,15 @@ def test_temperature_scaling_keeps_every_grade():
 
 @pytest.mark.parametrize("key", DEMO_KEYS)
 def test_each_demo_temperature_is_the_fit_on_its_validation_predictions(key):
-    config = json.loads((DEFAULT_MANIFEST.parent / key / "config.json").read_text())
+    config = json.loads((DEMO_MANIFEST.parent / key / "config.json").read_text())
     y_val, probs_val = stored(key, "val")
     # log p is the logits up to a per-row constant, so the stored raw probabilities give the same fit.
     refitted = fit_temperature(np.log(probs_val), y_val)
     assert config["temperature"] == pytest.approx(refitted, rel=1e-3)
     assert config["temperature"] != 1.0
     for split in ("val", "test"):
-        document = evaluation.load_metrics(DEMO_ROOT, key, split)["calibration"]
-        assert document["calibrated"]["temperature"] == config["temperature"]
+        document = evaluation.load_metrics(DEMO_ROOT, key, split).calibration
+        assert document.calibrated.temperature == config["temperature"]
 
 
 @pytest.mark.parametrize("split", ["val", "test"])
@@ -94,24 +95,24 @@ def test_stored_ece_and_reliability_match_a_direct_computation(split):
     calibrated = []
     for key in DEMO_KEYS:
         y_true, probs = stored(key, split)
-        document = evaluation.load_metrics(DEMO_ROOT, key, split)["calibration"]
-        scaled = metrics.temperature_scaled(probs, document["calibrated"]["temperature"])
+        document = evaluation.load_metrics(DEMO_ROOT, key, split).calibration
+        scaled = metrics.temperature_scaled(probs, document.calibrated.temperature)
         calibrated.append(scaled)
-        assert document["ece"] == pytest.approx(direct_ece(y_true, probs), abs=1e-9)
-        assert document["calibrated"]["ece"] == pytest.approx(direct_ece(y_true, scaled), abs=1e-5)
+        assert document.ece == pytest.approx(direct_ece(y_true, probs), abs=1e-9)
+        assert document.calibrated.ece == pytest.approx(direct_ece(y_true, scaled), abs=1e-5)
         curves = evaluation.load_curves(DEMO_ROOT, key, split)
         expected = metrics.reliability_curve(y_true, scaled)
-        assert curves["reliability_calibrated"]["count"] == expected["count"]
-        np.testing.assert_allclose(curves["reliability_calibrated"]["observed"], expected["observed"])
+        assert curves.reliability_calibrated.count == expected["count"]
+        np.testing.assert_allclose(curves.reliability_calibrated.observed, expected["observed"])
     # The ensemble's calibrated view is the mean of its models' calibrated probabilities.
     y_true, _ = stored("ensemble", split)
-    ensemble = evaluation.load_metrics(DEMO_ROOT, "ensemble", split)["calibration"]["calibrated"]
-    assert ensemble["temperature"] is None
-    assert ensemble["ece"] == pytest.approx(direct_ece(y_true, np.mean(calibrated, axis=0)), abs=1e-5)
+    ensemble = evaluation.load_metrics(DEMO_ROOT, "ensemble", split).calibration.calibrated
+    assert ensemble.temperature is None
+    assert ensemble.ece == pytest.approx(direct_ece(y_true, np.mean(calibrated, axis=0)), abs=1e-5)
 
 
-def test_the_predictor_applies_the_stored_temperature_only_when_asked():
-    predictor = Predictor.from_manifest(DEFAULT_MANIFEST, device="cpu")
+def test_the_predictor_applies_the_stored_temperature_only_when_asked(demo_predictor):
+    predictor = demo_predictor
     pixels = np.random.default_rng(5).random((96, 96)).astype(np.float32)
     raw, calibrated = predictor.predict(pixels), predictor.predict(pixels, calibrated=True)
     assert not raw.calibrated and calibrated.calibrated
@@ -125,7 +126,7 @@ def test_the_predictor_applies_the_stored_temperature_only_when_asked():
 
 
 def test_a_config_without_the_new_backbone_fields_still_loads(tmp_path):
-    source = DEFAULT_MANIFEST.parent / DEMO_KEYS[0]
+    source = DEMO_MANIFEST.parent / DEMO_KEYS[0]
     config = json.loads((source / "config.json").read_text())
     for field in ("cam_layer", "cam_reshape", "cam_method"):
         config["backbone"].pop(field, None)
@@ -141,8 +142,8 @@ def test_artefacts_written_before_calibration_still_validate(tmp_path):
     evaluation.write_split_evaluation(tmp_path, "old", "test", frame, n_boot=5)
     evaluation.write_summary(tmp_path, [("old", "Old model")], ("test",))
     document = evaluation.load_metrics(tmp_path, "old", "test")
-    assert "calibrated" not in document["calibration"]
-    assert "reliability_calibrated" not in evaluation.load_curves(tmp_path, "old", "test")
+    assert document.calibration.calibrated is None
+    assert evaluation.load_curves(tmp_path, "old", "test").reliability_calibrated is None
     evaluation.validate_tree(tmp_path)
     bad = rng.random((len(frame), 2))
     with pytest.raises(ValueError, match="calibrated_probs has shape"):

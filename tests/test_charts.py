@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -11,18 +12,23 @@ import plotly.graph_objects as go
 import pytest
 from PIL import Image
 
-from spinecad import charts, comparison, evaluation, ui_text
-from spinecad.analysis import SliceAnalysis, describe_source
-from spinecad.examples import DEFAULT_EXAMPLES_DIR, read_example_index
-from spinecad.explain import Heatmap, overlay_heatmap
+from spinecad.evaluation import comparison
+from spinecad.evaluation import store as evaluation
+from spinecad.evaluation.scoring import ScoringError
+from spinecad.examples import read_example_index
 from spinecad.imaging import ImageReadError, SliceFacts, read_slice
+from spinecad.inference.heatmaps import Heatmap, overlay_heatmap
+from spinecad.inference.loading import LoadedModel, LoadFailure
+from spinecad.inference.predictor import ENSEMBLE, ModelOutput, Prediction
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS
-from spinecad.loading import LoadedModel, LoadFailure
-from spinecad.predict import ENSEMBLE, ModelOutput, Prediction
-from spinecad.preview import heatmap_gallery_html, preview_html, preview_png
-from spinecad.scoring import ScoringError
-from spinecad.uploads import consume_upload, remove_upload
+from spinecad.ui import charts
+from spinecad.ui import text as ui_text
+from spinecad.ui.analysis import SliceAnalysis, describe_source
+from spinecad.ui.html import heatmap_gallery_html, preview_html, preview_png
+from spinecad.ui.tables import metrics_table, probability_table, two_line_cells
+from spinecad.ui.uploads import consume_upload, remove_upload
 from tests.app_fixture import write_fixture_evaluation
+from tests.conftest import EXAMPLES_DIR
 
 MODELS = [("vit_b16", "ViT-B/16"), ("swin_b", "Swin-B"), ("resnet152", "ResNet-152")]
 
@@ -74,14 +80,13 @@ def test_slice_analysis_json_adds_warnings_source_and_demo_to_the_prediction(pre
     assert result["source"] == "DICOM 448x512, DICOM window"
     assert result["warnings"] == ["A warning."] and result["demo"] is True
     assert set(result["models"]) == {name for _, name in MODELS}
-    table = analysis.probability_table("L4/L5")
+    table = probability_table(result)
     assert list(table["Model"]) == [name for _, name in MODELS] + [ENSEMBLE]
     assert table.loc[0, "Grade"] == result["models"]["ViT-B/16"]["grade"]
     assert table.loc[0, "Device"] == "cpu" and table.loc[0, "Time (ms)"] == "12.5"
     grade, probability = analysis.ensemble_grade("L4/L5")
     assert grade == result["ensemble"]["grade"] and probability == pytest.approx(max(
         result["ensemble"][g] for g in SEVERITIES), abs=1e-6)
-    assert list(analysis.grade_grid().columns) == ["Model", *LEVELS]
 
 
 def test_describe_source_never_goes_beyond_format_size_and_window():
@@ -164,22 +169,29 @@ def test_shown_models_are_the_loaded_ones_and_the_ensemble(evaluation_root):
 
 def test_metrics_table_has_the_paper_rows_and_an_interval_per_cell(evaluation_root):
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
-    table = comparison.metrics_table(columns)
+    table = metrics_table(columns)
     assert list(table.columns) == ["Group", "Metric", "ViT-B/16", "Ensemble (mean)"]
     assert len(table) == 5 + 5 * len(SEVERITIES) + 3
     assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES, "Calibration"]
-    stored = evaluation.metrics_table(evaluation_root, "test", ["vit_b16", "ensemble"], with_intervals=True)
-    assert list(table["ViT-B/16"][:-3]) == list(stored["ViT-B/16"])
-    assert all(" [" in cell for cell in table["ViT-B/16"][:-3])
+    assert len(table) == 5 + 5 * len(SEVERITIES) + 3
+    document = evaluation.load_metrics(evaluation_root, "vit_b16", "test")
+    groups = table["Group"].replace("", np.nan).ffill()
+    by_row = dict(zip(zip(groups, table["Metric"], strict=True), table["ViT-B/16"], strict=True))
+    roc = document.intervals.overall.macro_roc_auc
+    assert by_row[("Overall", "Macro ROC-AUC")] == (f"{document.metrics.macro_roc_auc:.3f} "
+                                                    f"[{roc.low:.3f}, {roc.high:.3f}]")
+    assert by_row[("Severe", "F1-Score")].startswith(f"{document.metrics.per_class['Severe'].f1:.3f} [")
+    assert all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell) for cell in table["ViT-B/16"][:-3])
+    assert two_line_cells(table).loc[0, "ViT-B/16"].count("<br><small>") == 1
 
 
 def test_metrics_table_ends_with_ece_before_and_after_temperature_scaling(evaluation_root):
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
-    calibration = comparison.metrics_table(columns).tail(3)
+    calibration = metrics_table(columns).tail(3)
     assert list(calibration["Metric"]) == ["ECE, raw", "ECE, calibrated", "Temperature"]
-    document = evaluation.load_metrics(evaluation_root, "vit_b16", "test")["calibration"]
-    assert list(calibration["ViT-B/16"]) == [f"{document['ece']:.3f}", f"{document['calibrated']['ece']:.3f}",
-                                             f"{document['calibrated']['temperature']:.2f}"]
+    document = evaluation.load_metrics(evaluation_root, "vit_b16", "test").calibration
+    assert list(calibration["ViT-B/16"]) == [f"{document.ece:.3f}", f"{document.calibrated.ece:.3f}",
+                                             f"{document.calibrated.temperature:.2f}"]
     assert list(calibration["Ensemble (mean)"])[2] == "per model"
 
 
@@ -187,12 +199,12 @@ def test_outside_predictions_are_scored_like_the_stored_ones(evaluation_root):
     stored = evaluation.load_predictions(evaluation_root, "ensemble", "test")
     labels = comparison.split_labels(evaluation_root, "test", "vit_b16")
     submission = stored[["row_id", *SEVERITY_COLUMNS]]
-    outside = comparison.score_outside(_as_uploaded_csv(submission), labels, n_boot=20)
+    outside = comparison.score_outside(_as_uploaded_csv(submission), labels, name=ui_text.OUTSIDE_NAME, n_boot=20)
     document = evaluation.load_metrics(evaluation_root, "ensemble", "test")
     for name in ("accuracy", "macro_f1", "macro_roc_auc", "macro_pr_auc"):
-        assert outside.metrics[name] == pytest.approx(document["metrics"][name])
-    assert outside.confusion["counts"] == document["confusion"]["counts"]
-    assert outside.intervals["n_boot"] == 20
+        assert getattr(outside.metrics, name) == pytest.approx(getattr(document.metrics, name))
+    assert outside.confusion.counts == document.confusion.counts
+    assert outside.intervals.n_boot == 20
     assert outside.note == f"Scored on {len(labels)} of {len(labels)} labelled rows of this split."
 
 
@@ -201,7 +213,7 @@ def test_outside_predictions_covering_part_of_the_split_say_so(evaluation_root):
     half = evaluation.load_predictions(evaluation_root, "swin_b", "test").iloc[: len(labels) // 2]
     submission = half[["row_id", *SEVERITY_COLUMNS]].copy()
     submission.loc[len(submission)] = ["123_left_neural_foraminal_narrowing_l1_l2", 1, 0, 0]
-    outside = comparison.score_outside(_as_uploaded_csv(submission), labels, n_boot=10)
+    outside = comparison.score_outside(_as_uploaded_csv(submission), labels, name=ui_text.OUTSIDE_NAME, n_boot=10)
     assert outside.note.startswith(f"Scored on {len(labels) // 2} of {len(labels)} labelled rows")
     assert "1 row(s) of other conditions skipped" in outside.note
 
@@ -212,7 +224,7 @@ def test_outside_predictions_that_cannot_be_read_or_matched_are_refused(evaluati
         comparison.read_outside_predictions(b"\xff\xfe\x00garbage")
     test_rows = evaluation.load_predictions(evaluation_root, "vit_b16", "test")[["row_id", *SEVERITY_COLUMNS]]
     with pytest.raises(ScoringError, match="no valid prediction matches"):
-        comparison.score_outside(test_rows, labels)
+        comparison.score_outside(test_rows, labels, name=ui_text.OUTSIDE_NAME)
 
 
 def test_curve_and_matrix_figures_overlay_every_column(evaluation_root):
@@ -226,7 +238,7 @@ def test_curve_and_matrix_figures_overlay_every_column(evaluation_root):
     pr = charts.pr_figure(columns)
     assert sum(trace.name == "chance (prevalence)" for trace in pr.data) == len(SEVERITIES)
     confusion = charts.confusion_figure(columns[-1].confusion, "Ensemble on test")
-    assert len(confusion.data) == 2 and confusion.data[0].z.sum() == columns[-1].metrics["n"]
+    assert len(confusion.data) == 2 and confusion.data[0].z.sum() == columns[-1].metrics.n
     np.testing.assert_allclose(np.asarray(confusion.data[1].z).sum(axis=1), 1.0)
 
 
@@ -244,17 +256,17 @@ def test_reliability_figure_puts_raw_and_calibrated_side_by_side_per_model(evalu
     figure = charts.reliability_figure(columns)
     curves = [trace for trace in figure.data if trace.name != "perfectly calibrated"]
     assert len(curves) == 2 * len(columns)  # raw and temperature-scaled per model
-    assert list(curves[1].y) == columns[0].reliability_calibrated["observed"]
+    assert list(curves[1].y) == columns[0].reliability_calibrated.observed
     titles = [annotation.text for annotation in figure.layout.annotations]
     ece = columns[0].calibration
-    assert titles[0] == f"ViT-B/16<br>ECE {ece['ece']:.3f} → {ece['calibrated']['ece']:.3f}"
+    assert titles[0] == f"ViT-B/16<br>ECE {ece.ece:.3f} → {ece.calibrated.ece:.3f}"
     assert "No reliability" in charts.reliability_figure([]).layout.annotations[0].text
 
 
 def test_significance_figure_stars_exactly_the_intervals_that_exclude_zero(evaluation_root):
     keys = ["vit_b16", "swin_b", "resnet152", "ensemble"]
     matrices, facts = comparison.load_difference_matrices(evaluation_root, keys)
-    assert facts["split"] == "test" and matrices[0].names == [
+    assert facts.split == "test" and matrices[0].names == [
         "ViT-B/16", "Swin-B", "ResNet-152", "Ensemble (mean)"]
     figure = charts.significance_figure(matrices)
     assert len(figure.data) == 2
@@ -295,12 +307,12 @@ def test_model_colours_are_stable_and_the_ensemble_is_black():
 # ---- Examples ------------------------------------------------------------------------------------------------
 
 def test_the_committed_examples_are_small_readable_and_labelled():
-    examples = read_example_index(DEFAULT_EXAMPLES_DIR)
+    examples = read_example_index(EXAMPLES_DIR)
     assert len(examples) == 8
     assert {e.true_grade for e in examples} == {*SEVERITIES, "n/a"}
     assert {e.format for e in examples} == {"DICOM", "PNG"}
     for example in examples:
-        path = DEFAULT_EXAMPLES_DIR / example.file
+        path = EXAMPLES_DIR / example.file
         assert path.stat().st_size < 64 * 1024
         image = read_slice(path)
         assert image.facts.source_format == example.format
@@ -312,8 +324,8 @@ def test_write_examples_reproduces_the_committed_index(tmp_path):
     from train.examples import write_examples
 
     written = write_examples(tmp_path)
-    assert written == read_example_index(tmp_path) == read_example_index(DEFAULT_EXAMPLES_DIR)
-    committed = np.asarray(Image.open(DEFAULT_EXAMPLES_DIR / "severe_axial.png"))
+    assert written == read_example_index(tmp_path) == read_example_index(EXAMPLES_DIR)
+    committed = np.asarray(Image.open(EXAMPLES_DIR / "severe_axial.png"))
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "severe_axial.png")), committed)
 
 

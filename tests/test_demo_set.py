@@ -9,16 +9,16 @@ import pandas as pd
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from spinecad.evaluation import load_summary, validate_tree
+from spinecad.evaluation.store import load_summary, validate_tree
 from spinecad.imaging import read_slice
+from spinecad.inference.manifest import read_manifest
+from spinecad.inference.predictor import Predictor
 from spinecad.labels import SEVERITIES
-from spinecad.manifest import DEFAULT_MANIFEST, read_manifest
-from spinecad.predict import Predictor
-from tests.conftest import REPO
+from tests.conftest import DEMO_MANIFEST, REPO
 from train.examples import IDENTITY, IMAGE_SIZE, LEVEL
 from train.phantom import render_axial_scene, write_axial_dicom
 
-CHECKPOINTS = DEFAULT_MANIFEST.parent
+CHECKPOINTS = DEMO_MANIFEST.parent
 N_PER_GRADE = 60
 # What a demo set fit for teaching must do on slices like its examples: chance is 1/3 for both.
 MIN_BALANCED_ACCURACY = 0.8
@@ -26,12 +26,12 @@ MIN_RECALL = 0.5
 
 
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.from_manifest(DEFAULT_MANIFEST, device="cpu")
+def predictor(demo_predictor) -> Predictor:
+    return demo_predictor
 
 
 def test_six_demo_models_load_from_the_repo(predictor):
-    manifest = read_manifest(DEFAULT_MANIFEST)
+    manifest = read_manifest(DEMO_MANIFEST)
     assert manifest.demo and "not for clinical use" in manifest.title
     assert not predictor.failures
     assert [m.name for m in predictor.models] == [
@@ -41,7 +41,7 @@ def test_six_demo_models_load_from_the_repo(predictor):
 
 
 def test_demo_evaluation_validates_and_lists_the_loaded_models(predictor):
-    root = read_manifest(DEFAULT_MANIFEST).evaluation_dir
+    root = read_manifest(DEMO_MANIFEST).evaluation_dir
     validate_tree(root)
     summary = load_summary(root)
     assert summary.demo

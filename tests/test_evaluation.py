@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecad import evaluation, metrics
-from spinecad.evaluation import ArtefactError
+from spinecad.evaluation import metrics
+from spinecad.evaluation import store as evaluation
+from spinecad.evaluation.scoring import ScoringError, load_canal_labels, match_predictions, score_predictions
+from spinecad.evaluation.store import ArtefactError
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
-from spinecad.scoring import ScoringError, load_canal_labels, match_predictions, score_predictions
 
 RSNA_TRAIN_CSV = Path(__file__).resolve().parents[2] / "shared/data/rsna2024/train.csv"
 MODELS = (("vit_b16", "ViT-B/16"), ("resnet152", "ResNet-152"))
@@ -72,9 +73,9 @@ def test_round_trip_write_validate_load(evaluation_root):
     assert [m.key for m in summary.models] == ["vit_b16", "resnet152", "ensemble"]
     for (key, split), (frame, document) in written.items():
         pd.testing.assert_frame_equal(evaluation.load_predictions(root, key, split), frame)
-        assert evaluation.load_metrics(root, key, split) == json.loads(json.dumps(document))
+        assert evaluation.load_metrics(root, key, split) == document
         curves = evaluation.load_curves(root, key, split)
-        assert set(curves["roc_pr"]) == set(SEVERITIES) and curves["reliability"]["kind"] == "top-label"
+        assert list(curves.roc_pr) == list(SEVERITIES) and curves.reliability.kind == "top-label"
     expected_history = pd.DataFrame(history_rows())
     pd.testing.assert_frame_equal(evaluation.load_history(root, "vit_b16"), expected_history, check_dtype=False)
 
@@ -84,7 +85,7 @@ def test_written_metrics_are_compute_metrics_of_the_predictions(evaluation_root)
     frame, _ = written[("vit_b16", "test")]
     y_true = frame["severity"].map(SEVERITIES.index).to_numpy()
     expected = metrics.compute_metrics(y_true, frame[list(SEVERITY_COLUMNS)].to_numpy())
-    assert evaluation.load_metrics(root, "vit_b16", "test")["metrics"] == expected
+    assert evaluation.load_metrics(root, "vit_b16", "test").metrics.model_dump() == expected
 
 
 def test_truncated_metrics_json_is_refused_naming_the_file(evaluation_root):
@@ -98,14 +99,40 @@ def test_truncated_metrics_json_is_refused_naming_the_file(evaluation_root):
         evaluation.validate_tree(root)
 
 
-def test_metrics_json_missing_a_key_is_refused(evaluation_root):
+@pytest.mark.parametrize(("change", "problem"), [
+    (lambda d: d["metrics"]["per_class"]["Severe"].pop("roc_auc"),
+     r"metrics\.per_class\.Severe\.roc_auc: Field required"),
+    (lambda d: d["metrics"].update(n=True), r"metrics\.n: Input should be a valid integer"),
+    (lambda d: d["metrics"].update(accuracy="0.9"), r"metrics\.accuracy: Input should be a valid number"),
+    (lambda d: d["intervals"]["overall"]["macro_f1"].update(low=float("inf")), r"intervals\.overall\.macro_f1\.low"),
+    (lambda d: d["confusion"]["counts"].pop(), r"confusion\.counts: Value error, expected a 3 x 3 matrix"),
+    (lambda d: d["metrics"]["class_counts"].pop("Moderate"), r"metrics\.class_counts: Value error, expected one entry"),
+    (lambda d: d.update(split="holdout"), r"split: Value error, Unknown split 'holdout'"),
+    (lambda d: d["calibration"].update(colour="blue"), r"calibration\.colour: Extra inputs are not permitted"),
+])
+def test_a_metrics_json_that_breaks_the_format_is_refused_with_the_field_path(evaluation_root, change, problem):
     root, _ = evaluation_root
     path = evaluation.metrics_path(root, "resnet152", "test")
     document = json.loads(path.read_text())
-    del document["metrics"]["per_class"]["Severe"]["roc_auc"]
+    change(document)
     path.write_text(json.dumps(document))
-    with pytest.raises(ArtefactError, match=r"metrics\.per_class\.Severe: missing key 'roc_auc'"):
+    with pytest.raises(ArtefactError, match=re.escape(str(path)) + ": " + problem):
         evaluation.load_metrics(root, "resnet152", "test")
+
+
+def test_files_written_before_calibration_existed_still_load(evaluation_root):
+    # Such files have no "calibrated" key and no "reliability_calibrated" curve at all (not even null).
+    root, written = evaluation_root
+    metrics_file, curves_file = (evaluation.metrics_path(root, "vit_b16", "val"),
+                                 evaluation.curves_path(root, "vit_b16", "val"))
+    for path, parent, key in ((metrics_file, "calibration", "calibrated"),
+                              (curves_file, None, "reliability_calibrated")):
+        document = json.loads(path.read_text())
+        (document[parent] if parent else document).pop(key, None)
+        path.write_text(json.dumps(document))
+    assert evaluation.load_metrics(root, "vit_b16", "val").calibration.calibrated is None
+    assert evaluation.load_curves(root, "vit_b16", "val").reliability_calibrated is None
+    assert evaluation.load_metrics(root, "vit_b16", "val").metrics == written[("vit_b16", "val")][1].metrics
 
 
 def test_csv_with_a_missing_column_is_refused_naming_the_file(evaluation_root):
@@ -145,22 +172,6 @@ def test_bad_predictions_are_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="Model key"):
         evaluation.write_split_evaluation(tmp_path, "../elsewhere", "val", predictions_frame(seed=0), n_boot=10)
     assert not any(tmp_path.iterdir())
-
-
-def test_metrics_table_has_the_shape_of_table_2(evaluation_root):
-    root, written = evaluation_root
-    table = evaluation.metrics_table(root, "test")
-    assert list(table.columns) == ["ViT-B/16", "ResNet-152", "Ensemble"]
-    assert list(table.index.get_level_values("group").unique()) == ["Overall", *SEVERITIES]
-    assert len(table) == 5 + 5 * len(SEVERITIES)
-    document = written[("vit_b16", "test")][1]
-    assert table.loc[("Overall", "Macro ROC-AUC"), "ViT-B/16"] == document["metrics"]["macro_roc_auc"]
-    assert table.loc[("Severe", "F1-Score"), "ViT-B/16"] == document["metrics"]["per_class"]["Severe"]["f1"]
-    with_intervals = evaluation.metrics_table(root, "test", model_keys=["ensemble"], with_intervals=True)
-    assert list(with_intervals.columns) == ["Ensemble"]
-    assert with_intervals.map(lambda cell: bool(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell))).all().all()
-    with pytest.raises(ValueError, match="lists no model swin"):
-        evaluation.metrics_table(root, "test", model_keys=["swin"])
 
 
 def test_mean_ensemble_is_the_mean_of_the_models():
@@ -246,8 +257,6 @@ def test_scoring_equals_compute_metrics_and_gives_intervals(labels):
     assert result["macro_pr_auc"] == pytest.approx(expected["macro_pr_auc"], abs=1e-12)
     assert result["per_class"]["Moderate"]["f1"] == pytest.approx(expected["per_class"]["Moderate"]["f1"])
     assert result["intervals"]["n_boot"] == 20
-    table = evaluation.build_metrics_table({"Outside model": result})
-    assert table.loc[("Overall", "Macro PR-AUC"), "Outside model"] == result["macro_pr_auc"]
 
 
 def test_matched_predictions_are_an_evaluation_predictions_frame(labels, tmp_path):
@@ -257,7 +266,7 @@ def test_matched_predictions_are_an_evaluation_predictions_frame(labels, tmp_pat
     assert tuple(matched.columns) == evaluation.PREDICTION_COLUMNS
     np.testing.assert_allclose(matched[list(SEVERITY_COLUMNS)].sum(axis=1), 1.0)
     document = evaluation.write_split_evaluation(tmp_path, "outside", "test", matched, n_boot=10)
-    assert document["metrics"]["n"] == len(labels)
+    assert document.metrics.n == len(labels)
 
 
 def test_malformed_predictions_and_labels_are_refused_with_a_clear_message(labels, tmp_path):

@@ -12,21 +12,23 @@ import torch
 from PIL import Image
 from scipy.ndimage import binary_dilation
 
-from spinecad.backbones import (
+from spinecad.evaluation.store import load_metrics
+from spinecad.imaging import read_slice
+from spinecad.inference.heatmaps import class_activation_map, explain_slice
+from spinecad.inference.loading import LoadedModel
+from spinecad.inference.manifest import read_manifest
+from spinecad.inference.predictor import Predictor
+from spinecad.models.backbones import build_backbone
+from spinecad.models.model import HeadConfig, ModelConfig, SpineCADModel
+from spinecad.models.registry import (
     CPU_PROFILE,
     PAPER_PROFILE,
     BackboneSpec,
     HeatmapUnavailable,
-    build_backbone,
     transformers_spec,
 )
-from spinecad.evaluation import load_metrics
-from spinecad.explain import class_activation_map, explain_slice, explanation_to_dict, mass_inside
-from spinecad.imaging import read_slice
-from spinecad.loading import LoadedModel
-from spinecad.manifest import DEFAULT_MANIFEST, read_manifest
-from spinecad.model import ModelConfig, SpineCADModel
-from spinecad.predict import Predictor
+from spinecad.ui.analysis import explanation_to_dict
+from tests.conftest import DEMO_MANIFEST
 from train.phantom import render_axial_scene, write_axial_dicom
 
 LEVEL = "L4/L5"
@@ -37,9 +39,15 @@ CANAL_MARGIN_PX = 4  # the canal mask dilated by a few pixels: the sac's wall be
 MIN_CONCENTRATION = 2.0
 
 
+def mass_inside(heatmap: np.ndarray, region: np.ndarray) -> float:
+    """Share of the map's total mass that lies inside ``region`` (a boolean mask of the same shape)."""
+    total = float(heatmap.sum())
+    return float(heatmap[region].sum()) / total if total > 0 else 0.0
+
+
 @pytest.fixture(scope="module")
-def predictor() -> Predictor:
-    return Predictor.from_manifest(DEFAULT_MANIFEST, device="cpu")
+def predictor(demo_predictor) -> Predictor:
+    return demo_predictor
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +83,8 @@ def test_demo_heatmaps_concentrate_on_the_spinal_canal(predictor, explained, nor
     # The demo's best model (test macro-F1) must look at the canal, and so must the demo set as a whole (its
     # median model). Each model's own map is what it learnt from random init on a few hundred phantoms: some may
     # spread their evidence over the slice, and the README says which.
-    root = read_manifest(DEFAULT_MANIFEST).evaluation_dir
-    scores = {m.name: load_metrics(root, m.key, "test")["metrics"]["macro_f1"] for m in predictor.models}
+    root = read_manifest(DEMO_MANIFEST).evaluation_dir
+    scores = {m.name: load_metrics(root, m.key, "test").metrics.macro_f1 for m in predictor.models}
     best = max(scores, key=scores.get)
     assert concentration[best] >= MIN_CONCENTRATION, (best, report)
     assert float(np.median(list(concentration.values()))) >= MIN_CONCENTRATION, report
@@ -142,7 +150,7 @@ def test_a_backbone_without_a_cam_layer_is_refused_in_words(normal_slices):
     spec = transformers_spec("example/tiny-vit", display_name="TinyViT", config={
         "model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
         "intermediate_size": 64, "image_size": 64, "patch_size": 16})
-    model = SpineCADModel(ModelConfig(backbone=spec.to_dict(), level_dim=8, hidden_dims=[16])).eval()
+    model = SpineCADModel(ModelConfig(backbone=spec.to_dict(), head=HeadConfig(level_dim=8, hidden_dims=(16,)))).eval()
     with pytest.raises(HeatmapUnavailable, match="names no layer for heatmaps"):
         class_activation_map(model, normal_slices[0][0], LEVEL)
     [heatmap] = explain_slice([LoadedModel("tiny", "TinyViT", model, "test")], normal_slices[0][0], LEVEL)

@@ -1,4 +1,4 @@
-"""spinecad.metrics against scikit-learn called directly on the same predictions."""
+"""spinecad.evaluation.metrics against scikit-learn called directly on the same predictions."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import label_binarize
 
-from spinecad import metrics
+from spinecad.evaluation import metrics
 from spinecad.labels import SEVERITIES
 
 

@@ -1,23 +1,22 @@
-"""The model's two halves, and its Hub format: exact round trips, strict safetensors-only loading."""
+"""The model's two halves, and its Hub format: exact round trips, strict safetensors-only loading, and a manifest's
+Hub entry served offline: from the local Hub cache, else from the entry's local copy, else refused by name."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
+import huggingface_hub
 import pytest
 import safetensors.torch
 import torch
 
-from spinecad.backbones import CPU_PROFILE
-from spinecad.model import CheckpointError, SpineCADModel
-
-REPO = Path(__file__).resolve().parents[1]
+from spinecad.inference.loading import load_manifest_models
+from spinecad.inference.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
+from spinecad.models.model import CheckpointError, SpineCADModel
+from spinecad.models.registry import CPU_PROFILE
 
 
 def _inputs(model: SpineCADModel, batch: int = 3):
@@ -134,28 +133,40 @@ def _lay_out_hub_cache(cache: Path, repo_id: str, commit: str, folder: Path) -> 
         link.symlink_to(os.path.relpath(blob, link.parent))
 
 
-def test_loading_through_huggingface_hub_from_an_offline_cache(saved, tmp_path, cpu_models):
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    cache = tmp_path / "hub"
-    _lay_out_hub_cache(cache, "spinecad/vit-b16-demo", commit, saved)
+def test_a_hub_entry_offline_loads_from_the_cache_else_from_its_local_copy_else_is_refused(
+        saved, tmp_path, cpu_models, monkeypatch):
+    """The Hub offline (HF_HUB_OFFLINE=1, as the tests and a Space without network run) with one revision cached."""
+    repo_id, cached, absent = "spinecad/vit-b16-demo", "0123456789abcdef0123456789abcdef01234567", "f" * 40
+    _lay_out_hub_cache(tmp_path / "hub", repo_id, cached, saved)
+    # huggingface_hub reads both at every call (from the environment once, at import): patched, no subprocess needed.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cpu_models[1].save_pretrained(tmp_path / "local-copy")  # another model: which one loaded is plain to see
+    write_manifest(Manifest((
+        ManifestEntry(key="cached", name="Cached", path="local-copy", repo_id=repo_id, revision=cached),
+        ManifestEntry(key="fallback", name="Fallback", path="local-copy", repo_id=repo_id, revision=absent),
+        ManifestEntry(key="hub-only", name="Hub only", repo_id=repo_id, revision=absent),
+    ), title="Hub entries"), tmp_path / "manifest.json")
+
+    models, failures = load_manifest_models(read_manifest(tmp_path / "manifest.json"))
+
     images, levels = _inputs(cpu_models[0])
-    torch.save({"images": images, "levels": levels}, tmp_path / "inputs.pt")
+    by_key = {loaded.key: loaded for loaded in models}
+    assert list(by_key) == ["cached", "fallback"]
+    # The cached revision comes from the Hub cache (not the local copy), weights exact.
+    assert by_key["cached"].source == f"hub: {repo_id}@{cached[:12]}" and by_key["cached"].note is None
     with torch.no_grad():
-        expected = cpu_models[0](images, levels)
-    script = textwrap.dedent(f"""
-        import torch, sys
-        from spinecad.model import SpineCADModel, CheckpointError
-        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
-        model = SpineCADModel.load("spinecad/vit-b16-demo", revision={commit!r})
-        with torch.no_grad():
-            torch.save(model(inputs["images"], inputs["levels"]), {str(tmp_path / "out.pt")!r})
-        try:
-            SpineCADModel.load("spinecad/vit-b16-demo", revision="f" * 40)
-        except CheckpointError as error:
-            print("REFUSED:", error)
-    """)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
-    assert "REFUSED: spinecad/vit-b16-demo@ffff" in result.stdout
+        assert torch.equal(by_key["cached"].model(images, levels), cpu_models[0](images, levels))
+    # A revision the cache lacks falls back to the entry's local copy, and says why.
+    assert by_key["fallback"].source == f"local: {tmp_path / 'local-copy'}"
+    assert by_key["fallback"].model.display_name == cpu_models[1].display_name
+    note = by_key["fallback"].note
+    assert note.startswith(f"Hub copy unavailable ({repo_id} at revision {absent[:12]} is not in the local Hub cache")
+    assert note.endswith("); using the local copy.")
+    # Without a local copy it is refused by name, in a sentence, not a stack trace.
+    [failure] = failures
+    assert failure.key == "hub-only" and failure.reason.startswith(f"Hub only: {repo_id} at revision {absent[:12]} ")
+    assert "Traceback" not in failure.reason and len(failure.reason) < 600
+    # The model's own loader refuses an uncached revision offline too, naming repo and revision.
+    with pytest.raises(CheckpointError, match=f"^{repo_id}@{absent}: "):
+        SpineCADModel.load(repo_id, revision=absent)

@@ -11,7 +11,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from train.phantom import render_axial_scene, render_axial_slice, write_axial_dicom, write_phantom_dataset
+from train.phantom import render_axial_scene, write_axial_dicom, write_phantom_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/rsna2024"
 N_STUDIES = 20
@@ -74,7 +74,7 @@ def test_every_kind_of_file_decodes(phantom):
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless, ExplicitVRLittleEndian])
 def test_compressed_axial_dicom_round_trips_losslessly(tmp_path, syntax):
-    pixels = render_axial_slice(2, np.random.default_rng(0), size=96)
+    pixels = render_axial_scene(2, np.random.default_rng(0), size=96).pixels
     path = write_axial_dicom(tmp_path / "slice.dcm", pixels, instance_number=7, transfer_syntax=syntax)
     ds = pydicom.dcmread(path)
     assert ds.file_meta.TransferSyntaxUID == syntax and ds.InstanceNumber == 7
@@ -82,7 +82,7 @@ def test_compressed_axial_dicom_round_trips_losslessly(tmp_path, syntax):
 
 
 def test_monochrome1_stores_inverted_values(tmp_path):
-    pixels = render_axial_slice(0, np.random.default_rng(1), size=64)
+    pixels = render_axial_scene(0, np.random.default_rng(1), size=64).pixels
     ds = pydicom.dcmread(write_axial_dicom(tmp_path / "inv.dcm", pixels, photometric="MONOCHROME1"))
     assert np.array_equal(4095 - ds.pixel_array, pixels)
 

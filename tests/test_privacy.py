@@ -1,6 +1,9 @@
 """Patient privacy end to end: a DICOM carrying a name, an ID, a birth date, an institution and the burned-in
 annotation flag goes through the real app (scripted API and the browser UI); none of it may surface anywhere.
 
+The app runs as its own process (``python app.py``) because the process is the point: its whole log (stdout and
+stderr) and its private TMPDIR are what is searched. This is the suite's test that uploads are deleted.
+
 Checked after every request: the API response or error, the page (text and HTML), the app's log, and every file
 under the app's upload folder and its private temporary folder (TMPDIR), none of which may hold an upload or any of
 the identifying values. The burned-in flag itself must come back as a warning that quotes nothing.
@@ -17,9 +20,9 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from spinecad.examples import DEFAULT_EXAMPLES_DIR
 from spinecad.imaging.slice import BURNED_IN_TEXT_WARNING
-from tests.app_fixture import running_app, write_fixture_set
+from tests.app_fixture import running_app
+from tests.conftest import EXAMPLES_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +43,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 def identifying_dicom(**changes: object) -> bytes:
     """The committed severe example slice, with the identity above, burned-in text flagged, and ``changes``."""
-    ds = pydicom.dcmread(DEFAULT_EXAMPLES_DIR / "severe_axial.dcm")
+    ds = pydicom.dcmread(EXAMPLES_DIR / "severe_axial.dcm")
     for keyword, value in {**IDENTITY, "BurnedInAnnotation": "YES", **changes}.items():
         setattr(ds, keyword, value)
     buffer = io.BytesIO()
@@ -69,9 +72,9 @@ def leftover_uploads(upload_root: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory) -> Iterator[tuple[str, Path, Path, Path]]:
+def app(fixture_manifest, tmp_path_factory) -> Iterator[tuple[str, Path, Path, Path]]:
     """(url, upload folder, private TMPDIR, log) of the app on the fixture set."""
-    manifest = write_fixture_set(tmp_path_factory.getbasetemp() / "spinecad-fixture")
+    manifest = fixture_manifest
     work = tmp_path_factory.mktemp("privacy-app")
     uploads, private_tmp, log = work / "gradio-tmp", work / "tmp", work / "app.log"
     private_tmp.mkdir()

@@ -9,11 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecad import comparison, evaluation, metrics
+from spinecad.evaluation import comparison, metrics
+from spinecad.evaluation import store as evaluation
+from spinecad.inference.manifest import read_manifest
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
-from spinecad.manifest import DEFAULT_MANIFEST, read_manifest
+from tests.conftest import DEMO_MANIFEST
 
-DEMO_ROOT = read_manifest(DEFAULT_MANIFEST).evaluation_dir
+DEMO_ROOT = read_manifest(DEMO_MANIFEST).evaluation_dir
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,8 @@ def test_the_artefact_round_trips_and_is_part_of_the_tree(tmp_path, three_models
     written = evaluation.write_significance(tmp_path, "test", n_boot=100, seed=4)
     assert evaluation.load_significance(tmp_path) == written
     assert evaluation.significance_path(tmp_path) in evaluation.validate_tree(tmp_path)
-    assert written["pairs"] == metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=100, seed=4)
+    assert [pair.model_dump() for pair in written.pairs] == metrics.paired_bootstrap_differences(
+        studies, y_true, models, n_boot=100, seed=4)
     # A pair naming a model the file does not list is refused.
     document = json.loads(evaluation.significance_path(tmp_path).read_text())
     document["pairs"][0]["a"] = "nobody"
@@ -90,19 +93,19 @@ def test_the_artefact_round_trips_and_is_part_of_the_tree(tmp_path, three_models
 
 def test_the_demo_significance_is_reproducible_from_its_predictions(tmp_path):
     document = evaluation.load_significance(DEMO_ROOT)
-    assert (document["split"], document["n_boot"], document["seed"]) == ("test", 1000, 0)
+    assert (document.split, document.n_boot, document.seed) == ("test", 1000, 0)
     keys = [m.key for m in evaluation.load_summary(DEMO_ROOT).models]
-    assert [m["key"] for m in document["models"]] == keys
-    assert len(document["pairs"]) == 2 * len(keys) * (len(keys) - 1) // 2
+    assert [m.key for m in document.models] == keys
+    assert len(document.pairs) == 2 * len(keys) * (len(keys) - 1) // 2
     copy = tmp_path / "evaluation"
     shutil.copytree(DEMO_ROOT, copy)
-    assert evaluation.write_significance(copy, "test", n_boot=1000, seed=0)["pairs"] == document["pairs"]
+    assert evaluation.write_significance(copy, "test", n_boot=1000, seed=0).pairs == document.pairs
 
 
 def test_the_matrix_mirrors_each_pair():
     keys = [m.key for m in evaluation.load_summary(DEMO_ROOT).models]
     matrices, facts = comparison.load_difference_matrices(DEMO_ROOT, keys)
-    assert facts["n_boot"] == 1000 and [m.metric for m in matrices] == ["macro_f1", "macro_roc_auc"]
+    assert facts.n_boot == 1000 and [m.metric for m in matrices] == ["macro_f1", "macro_roc_auc"]
     for matrix in matrices:
         assert np.isnan(np.diag(matrix.difference)).all()
         off = ~np.eye(len(matrix.names), dtype=bool)

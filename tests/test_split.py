@@ -14,19 +14,26 @@ import pandas as pd
 import pytest
 
 from spinecad.labels import CONDITION, LEVEL_KEYS, SEVERITIES
-from train.rsna import build_sample_index
+from train.rsna import SampleIndex, build_sample_index
 from train.split import (
     SPLITS,
     SplitFileError,
     load_or_make_split,
     make_split,
     split_summary,
-    studies_without_canal_labels,
+    study_grades,
     write_split,
 )
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/rsna2024"
 needs_real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real RSNA label CSVs not found at {REAL_DATA}")
+
+
+def studies_without_canal_labels(source: pd.DataFrame | SampleIndex) -> list[int]:
+    """Studies that have no labelled canal grade at any level; they are left out of the split."""
+    every = source.rows["study_id"] if isinstance(source, SampleIndex) else source["study_id"]
+    labelled = set(study_grades(source)["study_id"])
+    return sorted(int(study) for study in set(every.astype("int64")) - labelled)
 
 
 @pytest.fixture(scope="module")

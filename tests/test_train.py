@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 import safetensors.torch
 
-from spinecad.evaluation import load_metrics, load_significance, load_summary, validate_tree
-from spinecad.manifest import read_manifest
+from spinecad.evaluation.store import load_metrics, load_significance, load_summary, validate_tree
+from spinecad.inference.manifest import read_manifest
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -53,12 +53,12 @@ def demo_run(phantom_dir, tmp_path_factory) -> Path:
 def test_demo_run_beats_the_majority_baseline(demo_run):
     summary = load_summary(demo_run / "evaluation")
     assert summary.demo and [m.key for m in summary.models] == ["beit_b-cpu", "resnet152-cpu", "ensemble"]
-    test = load_metrics(demo_run / "evaluation", "ensemble", "test")["metrics"]
-    counts = np.array(list(test["class_counts"].values()), dtype=float)
+    test = load_metrics(demo_run / "evaluation", "ensemble", "test").metrics
+    counts = np.array(list(test.class_counts.values()), dtype=float)
     majority_share = counts.max() / counts.sum()
     majority_macro_f1 = (2 * majority_share / (1 + majority_share)) / 3  # F1 of always answering the majority
-    assert test["macro_f1"] > majority_macro_f1 + 0.2, (test["macro_f1"], majority_macro_f1)
-    assert test["macro_roc_auc"] > 0.7
+    assert test.macro_f1 > majority_macro_f1 + 0.2, (test.macro_f1, majority_macro_f1)
+    assert test.macro_roc_auc > 0.7
 
 
 def test_outputs_are_complete_and_valid(demo_run):
@@ -75,11 +75,11 @@ def test_outputs_are_complete_and_valid(demo_run):
         history = pd.read_csv(demo_run / "evaluation" / entry.key / "history.csv")
         assert len(history) == 24 and config["training"]["best_epoch"] == int(history["val_macro_f1"].idxmax()) + 1
         # The temperature fitted on validation is stored with the weights and reported beside the raw ECE.
-        calibration = load_metrics(demo_run / "evaluation", entry.key, "test")["calibration"]
-        assert config["temperature"] == calibration["calibrated"]["temperature"] > 0
+        calibration = load_metrics(demo_run / "evaluation", entry.key, "test").calibration
+        assert config["temperature"] == calibration.calibrated.temperature > 0
     significance = load_significance(demo_run / "evaluation")
-    assert significance["split"] == "test" and significance["n_boot"] == 200
-    assert len(significance["pairs"]) == 2 * 3  # two metrics, three pairs of beit, resnet and the ensemble
+    assert significance.split == "test" and significance.n_boot == 200
+    assert len(significance.pairs) == 2 * 3  # two metrics, three pairs of beit, resnet and the ensemble
     split = pd.read_csv(demo_run / "split.csv")
     assert set(split["split"]) == {"train", "val", "test"} and split["study_id"].is_unique
     predictions = pd.read_csv(demo_run / "evaluation" / "ensemble" / "test" / "predictions.csv")
@@ -113,7 +113,7 @@ def test_killed_run_resumes_to_identical_metrics(phantom_dir, tmp_path):
     for split in ("val", "test"):
         whole = load_metrics(tmp_path / "whole" / "evaluation", "beit_b-cpu", split)
         again = load_metrics(interrupted / "evaluation", "beit_b-cpu", split)
-        assert whole["metrics"] == again["metrics"] and whole["intervals"] == again["intervals"]
+        assert whole.metrics == again.metrics and whole.intervals == again.intervals
     weights_whole = safetensors.torch.load_file(tmp_path / "whole" / "beit_b-cpu" / "model.safetensors")
     weights_again = safetensors.torch.load_file(interrupted / "beit_b-cpu" / "model.safetensors")
     assert all((weights_whole[k] == weights_again[k]).all() for k in weights_whole)
@@ -179,7 +179,7 @@ def test_pretrained_weights_offline_fail_with_a_clear_message(phantom_dir, tmp_p
 
 
 def test_device_option_per_model():
-    from spinecad.backbones import profile
+    from spinecad.models.registry import profile
     from train.cli import _devices
 
     specs = list(profile("cpu"))

@@ -27,9 +27,9 @@ import numpy as np
 import pytest
 import safetensors.torch
 
-from spinecad.evaluation import ArtefactError, load_metrics, load_summary, validate_tree
-from spinecad.manifest import ManifestError, read_manifest
-from spinecad.model import SpineCADModel
+from spinecad.evaluation.store import ArtefactError, load_metrics, load_summary, validate_tree
+from spinecad.inference.manifest import ManifestError, read_manifest
+from spinecad.models.model import SpineCADModel
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -178,7 +178,7 @@ def test_killed_writes_are_never_read_and_the_rerun_ends_as_the_uninterrupted_ru
     whole = uninterrupted()
     for split in ("val", "test"):
         expected, got = load_metrics(whole / "evaluation", MODEL, split), load_metrics(evaluation, MODEL, split)
-        assert got["metrics"] == expected["metrics"] and got["intervals"] == expected["intervals"]
+        assert got.metrics == expected.metrics and got.intervals == expected.intervals
     expected_weights = safetensors.torch.load_file(whole / MODEL / "model.safetensors")
     got_weights = safetensors.torch.load_file(out / MODEL / "model.safetensors")
     assert all(np.array_equal(expected_weights[k].numpy(), got_weights[k].numpy()) for k in expected_weights)

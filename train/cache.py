@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from spinecad.atomic import write_text_atomic
 from spinecad.imaging import ImageReadError, read_slice
-from spinecad.preprocess import resize_unit
+from spinecad.models.preprocess import resize_unit
 
 
 @dataclass

@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from spinecad.backbones import PROFILES, BackboneError, BackboneSpec, PretrainedWeightsUnavailable, get_spec
-from spinecad.devices import resolve_device
+from spinecad.inference.devices import resolve_device
+from spinecad.models.registry import PROFILES, BackboneError, BackboneSpec, PretrainedWeightsUnavailable, get_spec
 from train.hub import HubPushError
 from train.recipe import DEMO, PAPER, Recipe
 from train.rsna import DatasetLayoutError, build_sample_index, format_counts, read_manifest_csv, write_index
 from train.split import SplitFileError, make_split, split_summary, write_split
 
-REPO = Path(__file__).resolve().parents[1]
 SUBCOMMANDS = ("index", "split", "score")
 
 DESCRIPTION = """\
@@ -68,8 +67,8 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models", help="comma-separated backbones: family names (vit_b16,swin_b,...), "
                                          "registry names, or hf:<model id>; default: the profile's six")
     parser.add_argument("--output-dir", type=Path, help="default: runs/<profile> (demo: checkpoints)")
-    parser.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "slices",
-                        help="decoded-slice cache (default: .cache/slices)")
+    parser.add_argument("--cache-dir", type=Path, default=Path(".cache") / "slices",
+                        help="decoded-slice cache (default: .cache/slices in the current folder)")
     parser.add_argument("--epochs", type=int, help="total epochs (phases keep their proportions)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
@@ -93,7 +92,7 @@ def _train(argv: list[str]) -> int:
     profile_name = args.profile or ("cpu" if args.demo else "paper")
     recipe = _recipe(args)
     specs = _specs(args.models, profile_name)
-    output_dir = args.output_dir or (REPO / "checkpoints" if args.demo else REPO / "runs" / profile_name)
+    output_dir = args.output_dir or (Path("checkpoints") if args.demo else Path("runs") / profile_name)
     output_dir.mkdir(parents=True, exist_ok=True)
     devices = _devices(args.device, specs)
 
@@ -121,7 +120,7 @@ def _train(argv: list[str]) -> int:
 
     results = evaluate_run(output_dir, data, device=devices[specs[0].name], title=title, demo=args.demo,
                            n_boot=args.n_boot)
-    table = pd.DataFrame({key: {k: v[k] for k in ("accuracy", "macro_f1", "macro_roc_auc")}
+    table = pd.DataFrame({key: {k: getattr(v, k) for k in ("accuracy", "macro_f1", "macro_roc_auc")}
                           for key, v in ((key, splits["test"]) for key, splits in results.items())}).T
     print("test split:\n" + table.round(3).to_string())
     if args.push_to_hub:
@@ -172,7 +171,7 @@ def _load_index(args: argparse.Namespace):
         from train.phantom import write_phantom_dataset
 
         # One folder per size: a folder written for another --phantom-studies is never silently reused.
-        data_dir = args.data_dir or REPO / ".cache" / f"phantom-demo-{args.phantom_studies}"
+        data_dir = args.data_dir or Path(".cache") / f"phantom-demo-{args.phantom_studies}"
         if not (data_dir / "train.csv").exists():
             print(f"writing the phantom dataset ({args.phantom_studies} studies) to {data_dir}")
             write_phantom_dataset(data_dir, n_studies=args.phantom_studies, seed=0)
@@ -218,7 +217,7 @@ def _score(argv: list[str]) -> int:
     parser.add_argument("--predictions", type=Path, required=True, help="row_id,normal_mild,moderate,severe")
     parser.add_argument("--n-boot", type=int, default=0, help="bootstrap resamples for intervals (0: none)")
     args = parser.parse_args(argv)
-    from spinecad.scoring import ScoringError, load_canal_labels, score_predictions
+    from spinecad.evaluation.scoring import ScoringError, load_canal_labels, score_predictions
 
     try:
         labels = load_canal_labels(args.data_dir / "train.csv")

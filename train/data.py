@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from spinecad.labels import level_index, severity_index
-from spinecad.preprocess import DataConfig, normalise, resize_unit
+from spinecad.models.preprocess import DataConfig, normalise, resize_unit
 from train.cache import SliceCache
 
 
-class CachedSlices(Dataset):
+class SliceDataset(Dataset):
     """Rows of the sample index that have a decoded slice. Indexed by a list of rows, it returns that batch:
     [0, 1] float (B, 1, S, S) images read from the cache in one go, level ids (B,) and grade ids (B,)."""
 
@@ -33,7 +33,7 @@ class CachedSlices(Dataset):
 
 
 def batches(
-    dataset: CachedSlices, batch_size: int, *, shuffle_with: torch.Generator | None = None, drop_last: bool = False,
+    dataset: SliceDataset, batch_size: int, *, shuffle_with: torch.Generator | None = None, drop_last: bool = False,
 ) -> DataLoader:
     """Batches of ``dataset`` in order, or in an order drawn from ``shuffle_with``; ``drop_last`` leaves out a last
     partial batch. Each batch is one bulk read of the cache: automatic batching is off and the sampler hands the

@@ -16,24 +16,24 @@ import torch
 from scipy.special import softmax
 
 from spinecad.atomic import remove_partials
-from spinecad.backbones import PROFILES
-from spinecad.evaluation import (
+from spinecad.evaluation.artefacts import EvaluatedModel, Metrics
+from spinecad.evaluation.store import (
     ENSEMBLE_KEY,
-    ModelEntry,
+    EVALUATED_SPLITS,
     mean_ensemble,
     write_significance,
     write_split_evaluation,
     write_summary,
 )
+from spinecad.inference.manifest import Manifest, ManifestEntry, write_manifest
+from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import SEVERITY_COLUMNS, row_id
-from spinecad.manifest import Manifest, write_manifest
-from spinecad.manifest import ModelEntry as ManifestEntry
-from spinecad.model import SpineCADModel
+from spinecad.models.model import SpineCADModel
+from spinecad.models.registry import PROFILES
 from train.calibrate import ENSEMBLE_METHOD, METHOD, fit_temperature
 from train.loop import predict_logits, save_checkpoint
 from train.pipeline import PreparedData
 
-EVAL_SPLITS = ("val", "test")
 SIGNIFICANCE_SPLIT = "test"
 SIGNIFICANCE_SEED = 0
 
@@ -60,7 +60,7 @@ def evaluate_run(
     demo: bool,
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
-) -> dict[str, dict[str, dict]]:
+) -> dict[str, dict[str, Metrics]]:
     """Score every checkpoint in ``output_dir`` and their mean; returns metrics by model key and split.
 
     Re-running it gives the same files: the raw logits never depend on a temperature stored before.
@@ -73,35 +73,36 @@ def evaluate_run(
     models = _checkpoints(output_dir)
     if not models:
         raise ValueError(f"No trained checkpoints in {output_dir} to evaluate.")
-    raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVAL_SPLITS}
-    calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVAL_SPLITS}
-    results: dict[str, dict[str, dict]] = {}
-    datasets = {split: data.dataset(split) for split in EVAL_SPLITS}
+    raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVALUATED_SPLITS}
+    calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVALUATED_SPLITS}
+    results: dict[str, dict[str, Metrics]] = {}
+    datasets = {split: data.dataset(split) for split in EVALUATED_SPLITS}
     val_labels = datasets["val"].labels.numpy()
     for key, model in models:
         model.to(device)
-        logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVAL_SPLITS}
+        logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVALUATED_SPLITS}
         model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
         results[key] = {}
-        for split in EVAL_SPLITS:
+        for split in EVALUATED_SPLITS:
             frame = predictions_frame(data, split, softmax(logits[split], axis=1))
             scaled = softmax(logits[split] / model.config.temperature, axis=1)
             raw[split].append(frame)
             calibrated[split].append(scaled)
             results[key][split] = write_split_evaluation(
                 root, key, split, frame, n_boot=n_boot, calibrated_probs=scaled,
-                temperature=model.config.temperature, calibration_method=METHOD)["metrics"]
+                temperature=model.config.temperature, calibration_method=METHOD).metrics
         save_checkpoint(model.cpu(), output_dir / key, metrics=results[key])  # card: metrics; config: temperature
-        log(f"[{key}] test macro-F1 {results[key]['test']['macro_f1']:.3f}, "
-            f"accuracy {results[key]['test']['accuracy']:.3f}, temperature {model.config.temperature:.3f}")
+        log(f"[{key}] test macro-F1 {results[key]['test'].macro_f1:.3f}, "
+            f"accuracy {results[key]['test'].accuracy:.3f}, temperature {model.config.temperature:.3f}")
     results[ENSEMBLE_KEY] = {
         split: write_split_evaluation(root, ENSEMBLE_KEY, split, mean_ensemble(raw[split]), n_boot=n_boot,
                                       calibrated_probs=np.mean(calibrated[split], axis=0),
-                                      calibration_method=ENSEMBLE_METHOD)["metrics"]
-        for split in EVAL_SPLITS
+                                      calibration_method=ENSEMBLE_METHOD).metrics
+        for split in EVALUATED_SPLITS
     }
-    entries = [ModelEntry(key, model.display_name) for key, model in models]
-    write_summary(root, [*entries, ModelEntry(ENSEMBLE_KEY, "Ensemble (mean)")], EVAL_SPLITS, demo=demo,
+    entries = [EvaluatedModel(key=key, display_name=model.display_name) for key, model in models]
+    write_summary(root, [*entries, EvaluatedModel(key=ENSEMBLE_KEY, display_name=ENSEMBLE)], EVALUATED_SPLITS,
+                  demo=demo,
                   description=title)
     write_significance(root, SIGNIFICANCE_SPLIT, n_boot=n_boot, seed=SIGNIFICANCE_SEED)
     manifest = Manifest(

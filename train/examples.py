@@ -18,7 +18,7 @@ from PIL import Image
 from pydicom.uid import JPEG2000Lossless
 
 from spinecad.atomic import write_bytes_atomic
-from spinecad.examples import DEFAULT_EXAMPLES_DIR, Example, write_example_index
+from spinecad.examples import Example, write_example_index
 from spinecad.imaging import read_slice
 from spinecad.labels import SEVERITIES
 from train.phantom import (
@@ -34,6 +34,7 @@ from train.phantom import (
 LEVEL = "L4/L5"  # phantom anatomy does not change with the level; the grade is the one at this disc
 IMAGE_SIZE = 192  # small files (tens of KB); the models resize to their own input size anyway
 SEED = 20240
+DEFAULT_EXAMPLES_DIR = Path("checkpoints") / "examples"  # relative to the current folder (the checkout)
 # Synthetic identity only: no real person is behind any of these files.
 IDENTITY = SeriesIdentity(description="Axial T2 (phantom example)", patient_name="PHANTOM^EXAMPLE")
 SAGITTAL_GEOMETRY = SliceGeometry((0.0, -150.0, 150.0), (0.0, 1.0, 0.0, 0.0, 0.0, -1.0), SAGITTAL_FOV_MM / IMAGE_SIZE)

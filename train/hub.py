@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from spinecad.manifest import read_manifest, write_manifest
+from spinecad.inference.manifest import read_manifest, write_manifest
 
 
 class HubPushError(RuntimeError):

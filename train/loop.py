@@ -25,13 +25,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from spinecad.atomic import recover_directory, replace_directory
-from spinecad.backbones import BackboneSpec
-from spinecad.devices import autocast
-from spinecad.evaluation import write_history
+from spinecad.evaluation.store import write_history
+from spinecad.inference.devices import autocast
 from spinecad.labels import SEVERITIES
-from spinecad.model import ModelConfig, SpineCADModel
+from spinecad.models.model import ModelConfig, SpineCADModel
+from spinecad.models.registry import BackboneSpec
 from train.augment import augment_batch
-from train.data import CachedSlices, batches, model_batch
+from train.data import SliceDataset, batches, model_batch
 from train.recipe import Phase, Recipe
 from train.state import ResumeState, load_state, save_state
 
@@ -40,8 +40,8 @@ from train.state import ResumeState, load_state, save_state
 class TrainingData:
     """The train and validation samples, and facts about the dataset for the model card."""
 
-    train: CachedSlices
-    val: CachedSlices
+    train: SliceDataset
+    val: SliceDataset
     facts: dict  # e.g. {"dataset": "phantom", "n_train": ..., "n_val": ...}
     fingerprint: str  # changes whenever the samples or their labels change
 
@@ -93,10 +93,7 @@ def train_model(
     recover_directory(checkpoint_dir)
     use_deterministic_kernels(device)
     torch.manual_seed(recipe.seed)  # seeds the CPU and every CUDA device
-    config = ModelConfig(
-        backbone=spec.to_dict(), level_dim=recipe.level_dim, hidden_dims=list(recipe.hidden_dims),
-        dropout=recipe.dropout,
-    )
+    config = ModelConfig(backbone=spec.to_dict(), head=recipe.head)
     model = SpineCADModel(config)
     if recipe.pretrained:
         model.backbone.load_pretrained_weights()
@@ -201,7 +198,7 @@ def _train_epoch(model, dataset, recipe, optimizer, criterion, shuffler, device,
 
 @torch.inference_mode()
 def predict_logits(
-    model: SpineCADModel, dataset: CachedSlices, device: torch.device, *, batch_size: int = 64,
+    model: SpineCADModel, dataset: SliceDataset, device: torch.device, *, batch_size: int = 64,
     criterion: nn.Module | None = None,
 ) -> tuple[np.ndarray, float]:
     """Logits (N, 3) for every sample in order, and the mean loss when a criterion is given."""
@@ -218,7 +215,7 @@ def predict_logits(
 
 
 def predict_probs(
-    model: SpineCADModel, dataset: CachedSlices, device: torch.device, *, batch_size: int = 64,
+    model: SpineCADModel, dataset: SliceDataset, device: torch.device, *, batch_size: int = 64,
     criterion: nn.Module | None = None,
 ) -> tuple[np.ndarray, float]:
     """Probabilities (N, 3) at the model's temperature for every sample in order, and the mean loss."""

@@ -123,11 +123,6 @@ def render_axial_scene(
     return AxialScene(pixels=_finish(signal, rng), canal_mask=canal, canal_centre=tuple(map(float, canal_centre)))
 
 
-def render_axial_slice(severity: int, rng: np.random.Generator, size: int = 256) -> np.ndarray:
-    """Pixels (uint16, 12-bit) of an axial T2 slice at a disc with the given grade (0, 1, 2)."""
-    return render_axial_scene(severity, rng, size).pixels
-
-
 def render_sagittal_slice(rng: np.random.Generator, size: int, canal_col: float, disc_rows: list[float]) -> np.ndarray:
     """Pixels of a mid-sagittal T2 slice: vertebral bodies, discs and a bright canal column."""
     rows, cols = np.mgrid[0:size, 0:size].astype(np.float32)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from train.cache import SliceCache, attach_positions, build_cache
-from train.data import CachedSlices
+from train.data import SliceDataset
 from train.rsna import SampleIndex, write_index
 from train.split import load_or_make_split
 
@@ -24,8 +24,8 @@ class PreparedData:
     skipped: dict[str, int]
     problems: list[str]
 
-    def dataset(self, split: str) -> CachedSlices:
-        return CachedSlices(self.rows[self.rows["split"] == split], self.cache)
+    def dataset(self, split: str) -> SliceDataset:
+        return SliceDataset(self.rows[self.rows["split"] == split], self.cache)
 
     def fingerprint(self) -> str:
         """Changes whenever the samples, their labels, their split or the cache size change."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+from spinecad.models.model import HeadConfig
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -33,9 +35,7 @@ class Recipe:
     class_weighted_loss: bool = True  # cross-entropy weighted by inverse class frequency of the train split
     flip_probability: float = 0.5  # random horizontal flip (paper)
     rotation_degrees: float = 10.0  # random rotation (paper; the angle is not stated)
-    level_dim: int = 256
-    hidden_dims: tuple[int, ...] = (512, 256)
-    dropout: float = 0.3
+    head: HeadConfig = field(default_factory=HeadConfig)  # the paper's: 256-d level embedding, 512 -> 256 -> 3, dropout
     pretrained: bool = True
     seed: int = 42
     selection: str = "validation macro-F1"  # how the best epoch is chosen
@@ -66,7 +66,8 @@ class Recipe:
     def as_dict(self) -> dict:
         values = asdict(self)
         values["phases"] = [asdict(phase) for phase in self.phases]
-        values["hidden_dims"] = list(self.hidden_dims)
+        head = values.pop("head")
+        values.update(head, hidden_dims=list(head["hidden_dims"]))  # the head flat, as config.json holds it
         return values
 
 
@@ -77,8 +78,6 @@ PAPER = Recipe()
 DEMO = Recipe(
     phases=(Phase("frozen backbone", 2, 0), Phase("last 32 layers unfrozen", 28, 32)),
     lr=1e-3,
-    level_dim=64,
-    hidden_dims=(128, 64),
-    dropout=0.1,
+    head=HeadConfig(level_dim=64, hidden_dims=(128, 64), dropout=0.1),
     pretrained=False,
 )

@@ -37,13 +37,6 @@ def study_grades(source: pd.DataFrame | SampleIndex) -> pd.DataFrame:
     return long[["study_id", "level", "severity"]].astype({"study_id": "int64"}).reset_index(drop=True)
 
 
-def studies_without_canal_labels(source: pd.DataFrame | SampleIndex) -> list[int]:
-    """Studies that have no labelled canal grade at any level; they are left out of the split."""
-    every = source.rows["study_id"] if isinstance(source, SampleIndex) else source["study_id"]
-    labelled = set(study_grades(source)["study_id"])
-    return sorted(int(study) for study in set(every.astype("int64")) - labelled)
-
-
 def _strata(grades: pd.DataFrame, max_strata: int) -> pd.Series:
     """Per study: number of Moderate and of Severe levels (each capped at 2); coarser if rare or too many."""
     per_study = grades.assign(

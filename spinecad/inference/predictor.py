@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinecad.devices import autocast, resolve_device
 from spinecad.imaging import Slice
+from spinecad.inference.devices import autocast, resolve_device
+from spinecad.inference.loading import LoadedModel, LoadFailure, load_manifest_models
+from spinecad.inference.manifest import Manifest, read_manifest
 from spinecad.labels import LEVELS, SEVERITIES, level_index
-from spinecad.loading import LoadedModel, LoadFailure, load_manifest_models
-from spinecad.manifest import Manifest, read_manifest
-from spinecad.preprocess import DataConfig, slice_to_tensor
+from spinecad.models.preprocess import DataConfig, slice_to_tensor
 
 ENSEMBLE = "Ensemble (mean)"
 

@@ -5,13 +5,16 @@ A model that fails to load is reported (name and reason) and the others still lo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import huggingface_hub
 
-from spinecad.manifest import Manifest, ModelEntry
-from spinecad.model import CONFIG_FILE, CheckpointError, SpineCADModel
+from spinecad.inference.manifest import Manifest, ManifestEntry
+from spinecad.models.model import CONFIG_FILE, CheckpointError, SpineCADModel
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,11 +44,15 @@ def load_manifest_models(manifest: Manifest) -> tuple[list[LoadedModel], list[Lo
         try:
             loaded.append(load_entry(manifest, entry))
         except CheckpointError as error:
+            logger.warning("%s not loaded: %s", entry.name, error)
             failures.append(LoadFailure(entry.key, entry.name, str(error)))
+    for model in loaded:
+        if model.note:
+            logger.warning("%s: %s", model.name, model.note)
     return loaded, failures
 
 
-def load_entry(manifest: Manifest, entry: ModelEntry) -> LoadedModel:
+def load_entry(manifest: Manifest, entry: ManifestEntry) -> LoadedModel:
     """Load one entry: Hub at the pinned revision first, the local folder when the Hub cannot serve it."""
     local = manifest.local_path(entry)
     hub_problem = None
@@ -69,7 +76,7 @@ def load_entry(manifest: Manifest, entry: ModelEntry) -> LoadedModel:
     return LoadedModel(entry.key, entry.name, model, f"local: {local}", note)
 
 
-def _require_cached_when_offline(entry: ModelEntry) -> None:
+def _require_cached_when_offline(entry: ManifestEntry) -> None:
     """Offline (HF_HUB_OFFLINE=1), say plainly that a revision missing from the local cache cannot be had.
 
     The Hub library's own error for this case blames the internet connection without naming the revision.

@@ -6,13 +6,11 @@ import base64
 import html
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-if TYPE_CHECKING:
-    from spinecad.explain import Heatmap
+from spinecad.inference.heatmaps import Heatmap
 
 PREVIEW_MAX_SIDE = 512  # pixels; larger slices are shrunk for the page only, the models get the full slice
 

@@ -22,7 +22,6 @@ exists, the local copy is used and the predictor says so.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +29,6 @@ from pathlib import Path
 from spinecad.atomic import write_text_atomic
 
 FORMAT = "spinecad-manifest/1"
-MANIFEST_ENV = "SPINECAD_MANIFEST"
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
@@ -40,7 +37,7 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
-class ModelEntry:
+class ManifestEntry:
     """One model of the manifest: a display name and where its checkpoint lives."""
 
     key: str
@@ -58,23 +55,18 @@ class ModelEntry:
 class Manifest:
     """A parsed manifest; paths are resolved against ``root`` (the manifest's folder)."""
 
-    models: tuple[ModelEntry, ...]
+    models: tuple[ManifestEntry, ...]
     title: str = "SpineCAD models"
     demo: bool = False
     evaluation: str | None = None
     root: Path = field(default=Path("."), compare=False)
 
-    def local_path(self, entry: ModelEntry) -> Path | None:
+    def local_path(self, entry: ManifestEntry) -> Path | None:
         return (self.root / entry.path) if entry.path else None
 
     @property
     def evaluation_dir(self) -> Path | None:
         return (self.root / self.evaluation) if self.evaluation else None
-
-
-def default_manifest_path() -> Path:
-    """The manifest named by ``SPINECAD_MANIFEST``, else ``checkpoints/manifest.json``."""
-    return Path(os.environ.get(MANIFEST_ENV) or DEFAULT_MANIFEST)
 
 
 def read_manifest(path: str | Path) -> Manifest:
@@ -118,7 +110,7 @@ def write_manifest(manifest: Manifest, path: str | Path) -> None:
     write_text_atomic(path, json.dumps(values, indent=2) + "\n")
 
 
-def _entry(path: Path, number: int, raw: object) -> ModelEntry:
+def _entry(path: Path, number: int, raw: object) -> ManifestEntry:
     where = f"{path}: model {number}"
     if not isinstance(raw, dict):
         raise ManifestError(f"{where} is not a JSON object.")
@@ -131,4 +123,4 @@ def _entry(path: Path, number: int, raw: object) -> ModelEntry:
         raise ManifestError(f"{where} ({raw['name']}) needs a local \"path\" or a Hub \"repo_id\".")
     if raw.get("repo_id") and not raw.get("revision"):
         raise ManifestError(f"{where} ({raw['name']}): a Hub \"repo_id\" needs a pinned \"revision\" (commit id).")
-    return ModelEntry(**{k: (str(v) if v is not None else None) for k, v in raw.items()})
+    return ManifestEntry(**{k: (str(v) if v is not None else None) for k, v in raw.items()})

@@ -8,8 +8,9 @@ Saved the Hugging Face way (``config.json`` + ``model.safetensors`` + model card
 """
 
 import json
+import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import safetensors.torch
@@ -17,9 +18,14 @@ import torch
 from huggingface_hub import ModelCard, PyTorchModelHubMixin, hf_hub_download
 from torch import nn
 
-from spinecad.backbones import BackboneError, BackboneSpec, build_backbone, get_spec
 from spinecad.labels import LEVELS, SEVERITIES
-from spinecad.preprocess import DataConfig
+from spinecad.logs import warn_once
+from spinecad.models.backbones import build_backbone
+from spinecad.models.card import CARD_TEMPLATE, card_values
+from spinecad.models.preprocess import DataConfig
+from spinecad.models.registry import BackboneError, BackboneSpec, get_spec
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "spinecad-model/1"
 WEIGHTS_FILE = "model.safetensors"
@@ -30,32 +36,54 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the checkpoint and says why."""
 
 
+@dataclass(frozen=True)
+class HeadConfig:
+    """The paper's head over the backbone features, stated once: the model builds it, the recipe chooses it."""
+
+    level_dim: int = 256  # width of the disc-level embedding (paper: 256)
+    hidden_dims: tuple[int, ...] = (512, 256)  # MLP widths (paper: 512 -> 256 -> 3)
+    dropout: float = 0.3  # the paper does not state its rate
+
+
+_HEAD_FIELDS = tuple(f.name for f in fields(HeadConfig))
+
+
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model and preprocess its input; stored as config.json."""
+    """Everything needed to rebuild a model and preprocess its input; stored as config.json (head fields flat)."""
 
     backbone: dict  # a BackboneSpec as a dict, so a rebuild needs neither the registry nor the network
-    level_dim: int = 256  # width of the disc-level embedding (paper: 256)
-    hidden_dims: list[int] = field(default_factory=lambda: [512, 256])  # head widths (paper: 512 -> 256 -> 3)
-    dropout: float = 0.3  # the paper does not state its rate
+    head: HeadConfig = field(default_factory=HeadConfig)
     class_names: list[str] = field(default_factory=lambda: list(SEVERITIES))
     level_names: list[str] = field(default_factory=lambda: list(LEVELS))
     temperature: float = 1.0  # softmax temperature; 1.0 = uncalibrated
     training: dict = field(default_factory=dict)  # facts about how the weights were made, when known
     format: str = FORMAT
 
+    def to_dict(self) -> dict:
+        """The config.json content: the head's fields at the top level, beside the backbone row."""
+        values = asdict(self)
+        head = values.pop("head")
+        return {**values, **head, "hidden_dims": list(head["hidden_dims"])}
+
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
-        """Strictly decode a config.json dict: unknown or missing fields are errors, not silently dropped."""
-        known = set(cls.__dataclass_fields__)
+        """Strictly decode a config.json dict: unknown fields are errors; a default filled in is logged."""
+        values = dict(values)
+        known = (set(cls.__dataclass_fields__) - {"head"}) | set(_HEAD_FIELDS)
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointError(f"config.json has unknown fields: {', '.join(unknown)}.")
         if "backbone" not in values:
             raise CheckpointError("config.json does not name a backbone.")
-        if values.get("format", FORMAT) != FORMAT:
+        if "format" not in values:
+            warn_once(logger, f"config.json of {values['backbone'].get('name')!r} states no format; read as {FORMAT}.")
+        elif values["format"] != FORMAT:
             raise CheckpointError(f"config.json has format {values.get('format')!r}; this version reads {FORMAT!r}.")
-        return cls(**values)
+        head = {name: values.pop(name) for name in _HEAD_FIELDS if name in values}
+        if "hidden_dims" in head:
+            head["hidden_dims"] = tuple(head["hidden_dims"])
+        return cls(head=HeadConfig(**head), **values)
 
     @property
     def backbone_spec(self) -> BackboneSpec:
@@ -70,6 +98,7 @@ class SpineCADModel(
     nn.Module,
     PyTorchModelHubMixin,
     library_name="spinecad",
+    model_card_template=CARD_TEMPLATE,
     tags=["medical-imaging", "mri", "lumbar-spine", "spinal-canal-stenosis"],
     license="apache-2.0",
     pipeline_tag="image-classification",
@@ -79,21 +108,21 @@ class SpineCADModel(
     def __init__(self, config: ModelConfig | dict) -> None:
         super().__init__()
         self.config = config if isinstance(config, ModelConfig) else ModelConfig.from_dict(config)
-        self._hub_mixin_config = self.config  # the mixin writes this dataclass to config.json
         self.backbone = build_backbone(self.config.backbone_spec)
-        self.level_embedding = nn.Embedding(len(self.config.level_names), self.config.level_dim)
+        head = self.config.head
+        self.level_embedding = nn.Embedding(len(self.config.level_names), head.level_dim)
         layers: list[nn.Module] = []
-        width = self.backbone.num_features + self.config.level_dim
-        for hidden in self.config.hidden_dims:
-            layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(self.config.dropout)]
+        width = self.backbone.num_features + head.level_dim
+        for hidden in head.hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(head.dropout)]
             width = hidden
         layers.append(nn.Linear(width, len(self.config.class_names)))
         self.classifier = nn.Sequential(*layers)
 
     @classmethod
-    def build(cls, backbone: str, **config_values) -> "SpineCADModel":
+    def build(cls, backbone: str, head: HeadConfig | None = None, **config_values) -> "SpineCADModel":
         """A fresh, randomly initialised model for a registry backbone name."""
-        return cls(ModelConfig(backbone=get_spec(backbone).to_dict(), **config_values))
+        return cls(ModelConfig(backbone=get_spec(backbone).to_dict(), head=head or HeadConfig(), **config_values))
 
     @property
     def data_config(self) -> DataConfig:
@@ -122,11 +151,16 @@ class SpineCADModel(
 
     # ---- Hub format -------------------------------------------------------------------------------------------
 
-    def generate_model_card(self, *args, **kwargs) -> ModelCard:
-        """Model card with what the model is, how it was trained and its metrics when known."""
-        from spinecad.model_card import render_model_card
+    def save_pretrained(self, save_directory: str | Path, *, config: dict | None = None, **kwargs):
+        """The mixin's save, with config.json written from the config as it is now (e.g. a fitted temperature)."""
+        return super().save_pretrained(save_directory, config=config or self.config.to_dict(), **kwargs)
 
-        return render_model_card(self, self._hub_mixin_info.model_card_data, **kwargs)
+    def generate_model_card(self, *args, metrics: dict | None = None, **kwargs) -> ModelCard:
+        """The mixin's card from our template: what the model is, how it was trained, its metrics when known."""
+        config = self.config
+        values = card_values(config.backbone_spec, level_dim=config.head.level_dim, temperature=config.temperature,
+                             training=config.training, metrics=metrics)
+        return super().generate_model_card(*args, **values, **kwargs)
 
     @classmethod
     def _from_pretrained(
@@ -188,9 +222,6 @@ class SpineCADModel(
             raise CheckpointError(f"{name}: {WEIGHTS_FILE} is truncated or corrupt ({error}).") from None
         except (OSError, ValueError, TypeError, RuntimeError) as error:
             raise CheckpointError(f"{name}: {type(error).__name__}: {error}") from None
-
-    def config_dict(self) -> dict:
-        return asdict(self.config)
 
 
 def _check_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spinecad.evaluation.metrics import Metrics, bootstrap_intervals, compute_metrics
 from spinecad.labels import CONDITION, LEVEL_KEYS, LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
-from spinecad.metrics import Metrics, bootstrap_intervals, compute_metrics
 
 LABEL_COLUMNS: tuple[str, ...] = ("row_id", "study_id", "level", "severity")
 SUBMISSION_COLUMNS: tuple[str, ...] = ("row_id", *SEVERITY_COLUMNS)

@@ -2,7 +2,8 @@
 diagrams and training curves per split, the paired-bootstrap matrix of differences between models, plus an optional
 outside model from an uploaded Kaggle-format predictions file. Each chart has its reading aid beside it.
 
-Reading and scoring are ``spinecad.comparison``'s, figures ``spinecad.charts``'; this module only lays them out.
+Reading and scoring are ``spinecad.evaluation.comparison``'s, figures ``spinecad.ui.charts``'; this module lays them
+out. Every handler returns a dict keyed by component.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from spinecad import charts, comparison, evaluation, ui_text
+from spinecad.evaluation import comparison
+from spinecad.evaluation import store as evaluation
+from spinecad.evaluation.scoring import ScoringError
 from spinecad.imaging import ImageReadError
-from spinecad.scoring import ScoringError
-from spinecad.uploads import consume_upload
+from spinecad.ui import charts
+from spinecad.ui import text as ui_text
+from spinecad.ui.tables import metrics_table, two_line_cells
+from spinecad.ui.uploads import consume_upload
+
+PRIVATE = {"api_visibility": "private"}
 
 
 class CompareTab:
@@ -58,17 +65,17 @@ class CompareTab:
         """The ensemble's confusion matrix first (the evaluation lists it last)."""
         return self.columns(split)[-1].name
 
-    def views(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
-        """Table, ROC, PR, confusion picker, confusion figure, reliability and the outside model's note."""
+    def views(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> dict:
+        """Table, ROC, PR, confusion picker and figure, reliability and the outside model's note for ``split``."""
         columns, note = list(self.columns(split)), ""
         if outside is not None:
             try:
-                n_boot = (columns[0].intervals or {}).get("n_boot", 1000)
+                n_boot = columns[0].intervals.n_boot if columns[0].intervals else 1000
                 labels = comparison.split_labels(self.root, split, self.keys[0])
-                columns.append(comparison.score_outside(outside, labels, n_boot=n_boot))
-                note = f"**{comparison.OUTSIDE_NAME}**: {columns[-1].note}"
+                columns.append(comparison.score_outside(outside, labels, name=ui_text.OUTSIDE_NAME, n_boot=n_boot))
+                note = f"**{ui_text.OUTSIDE_NAME}**: {columns[-1].note}"
             except ScoringError as error:
-                note = f"✖ {comparison.OUTSIDE_NAME} cannot be scored on this split: {error}"
+                note = f"✖ {ui_text.OUTSIDE_NAME} cannot be scored on this split: {error}"
         names = [c.name for c in columns]
         chosen = confusion_name if confusion_name in names else self.default_confusion(split)
         stored_only = len(columns) == len(self.columns(split))  # no outside column: the drawing can be kept
@@ -78,12 +85,14 @@ class CompareTab:
             if stored_only:
                 self._figures[(split, chosen)] = figures
         table, roc, pr, matrix, reliability = figures
-        return table, roc, pr, gr.update(choices=names, value=chosen), matrix, reliability, note
+        return {self.metrics: table, self.roc_plot: roc, self.pr_plot: pr,
+                self.confusion_picker: gr.update(choices=names, value=chosen), self.confusion_plot: matrix,
+                self.reliability_plot: reliability, self.outside_note: note}
 
     def _draw(self, columns: list[comparison.ColumnResults], split: str, chosen: str) -> tuple:
         confusion = next(c for c in columns if c.name == chosen)
-        title = f"{chosen} on the {comparison.SPLIT_NAMES.get(split, split).lower()} split"
-        return (_two_line_cells(comparison.metrics_table(columns)), charts.roc_figure(columns),
+        title = f"{chosen} on the {ui_text.SPLIT_NAMES.get(split, split).lower()} split"
+        return (two_line_cells(metrics_table(columns)), charts.roc_figure(columns),
                 charts.pr_figure(columns), charts.confusion_figure(confusion.confusion, title),
                 charts.reliability_figure(columns))
 
@@ -98,28 +107,35 @@ class CompareTab:
                     "No significance results: re-run the evaluation (python -m train ...)." if missing
                     else "The significance results cannot be read."), "" if missing else f"✖ {error}")
             else:
-                split_name = comparison.SPLIT_NAMES.get(facts["split"], facts["split"]).lower()
-                note = (f"*{facts['n_boot']} paired resamples of the {facts['n_studies']} patients of the "
-                        f"{split_name} split, seed {facts['seed']}; {100 * (1 - facts['alpha']):.0f}% percentile "
+                split_name = ui_text.SPLIT_NAMES.get(facts.split, facts.split).lower()
+                note = (f"*{facts.n_boot} paired resamples of the {facts.n_studies} patients of the "
+                        f"{split_name} split, seed {facts.seed}; {100 * (1 - facts.alpha):.0f}% percentile "
                         "intervals.*")
                 self._significance = (charts.significance_figure(matrices, split_name), note)
         return self._significance
 
-    def opened(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> tuple:
+    def opened(self, split: str, outside: pd.DataFrame | None, confusion_name: str | None) -> dict:
         """Everything the tab shows, drawn when it is opened (so startup stays fast and Plotly sizes to view)."""
         if self._history is None:
             self._history = charts.history_figure(comparison.load_histories(self.root, self.keys))
-        return (*self.views(split, outside, confusion_name), self._history, *self.significance())
+        significance, note = self.significance()
+        return {**self.views(split, outside, confusion_name), self.history_plot: self._history,
+                self.significance_plot: significance, self.significance_note: note}
 
-    def add_outside(self, upload: str | None, split: str, confusion_name: str | None) -> tuple:
+    def add_outside(self, upload: str | None, split: str, confusion_name: str | None) -> dict:
         """Read (and delete) an uploaded predictions file and show it as one more column."""
         try:
             if not upload:
                 raise ScoringError("No file was uploaded.")
             outside = comparison.read_outside_predictions(consume_upload(upload, self.upload_root))
         except (ImageReadError, ScoringError) as error:
-            return (None, None, *self.views(split, None, confusion_name)[:-1], f"✖ {error}")
-        return (outside, None, *self.views(split, outside, confusion_name))
+            return {**self.views(split, None, confusion_name), self.outside_state: None, self.outside_upload: None,
+                    self.outside_note: f"✖ {error}"}
+        return {**self.views(split, outside, confusion_name), self.outside_state: outside, self.outside_upload: None}
+
+    def remove_outside(self, split: str, confusion_name: str | None) -> dict:
+        """Drop the uploaded model's column."""
+        return {**self.views(split, None, confusion_name), self.outside_state: None}
 
     def render(self, tab: gr.Tab) -> None:
         """Lay the tab out inside ``tab`` and wire its events."""
@@ -129,46 +145,46 @@ class CompareTab:
         intro = ui_text.COMPARE_INTRO + (ui_text.COMPARE_DEMO_NOTE if self.demo else "")
         gr.Markdown(intro)
         default_split = "test" if "test" in self.splits else self.splits[0]
-        split = gr.Radio([(comparison.SPLIT_NAMES.get(s, s), s) for s in self.splits], value=default_split,
+        split = gr.Radio([(ui_text.SPLIT_NAMES.get(s, s), s) for s in self.splits], value=default_split,
                          label="Split", elem_id="split-picker")
-        metrics = gr.Dataframe(label="Table 2: every model on this split (95% interval under each value)",
-                               interactive=False, wrap=True, datatype="markdown", max_height=2000,
-                               elem_id="metrics-table")
+        self.metrics = gr.Dataframe(label="Table 2: every model on this split (95% interval under each value)",
+                                    interactive=False, wrap=True, datatype="markdown", max_height=2000,
+                                    elem_id="metrics-table")
         with gr.Accordion("How to read these numbers", open=False):
             gr.Markdown(ui_text.METRICS_EXPLAINED)
         with gr.Row():
-            outside_upload = gr.File(label="Add your own model (Kaggle-format CSV)", file_types=[".csv"],
-                                     type="filepath", height=110, elem_id="predictions-upload")
+            self.outside_upload = gr.File(label="Add your own model (Kaggle-format CSV)", file_types=[".csv"],
+                                          type="filepath", height=110, elem_id="predictions-upload")
             with gr.Column():
                 gr.Markdown(ui_text.OUTSIDE_HELP)
-                outside_note = gr.Markdown("", elem_id="outside-note")
+                self.outside_note = gr.Markdown("", elem_id="outside-note")
                 remove = gr.Button("Remove the uploaded model", size="sm")
-        outside_state = gr.State(None)
+        self.outside_state = gr.State(None)
         gr.Markdown(f"### ROC curves\n{ui_text.CURVES_EXPLAINED}")
-        roc_plot = _chart_with_reading_aid("roc-plot", ui_text.ROC_EXPLAINED)
+        self.roc_plot = _chart_with_reading_aid("roc-plot", ui_text.ROC_EXPLAINED)
         gr.Markdown("### Precision-recall curves")
-        pr_plot = _chart_with_reading_aid("pr-plot", ui_text.PR_EXPLAINED)
+        self.pr_plot = _chart_with_reading_aid("pr-plot", ui_text.PR_EXPLAINED)
         gr.Markdown("### Confusion matrix")
-        confusion_picker = gr.Dropdown(label="Model", elem_id="confusion-picker")
-        confusion_plot = _chart_with_reading_aid("confusion-plot", ui_text.CONFUSION_EXPLAINED)
+        self.confusion_picker = gr.Dropdown(label="Model", elem_id="confusion-picker")
+        self.confusion_plot = _chart_with_reading_aid("confusion-plot", ui_text.CONFUSION_EXPLAINED)
         gr.Markdown("### Calibration: can the percentages be taken at their word?")
-        reliability_plot = _chart_with_reading_aid("reliability-plot", ui_text.RELIABILITY_EXPLAINED)
+        self.reliability_plot = _chart_with_reading_aid("reliability-plot", ui_text.RELIABILITY_EXPLAINED)
         gr.Markdown("### Is one model really better than another?")
-        significance_plot = _chart_with_reading_aid("significance-plot", ui_text.SIGNIFICANCE_EXPLAINED)
-        significance_note = gr.Markdown("", elem_id="significance-note")
+        self.significance_plot = _chart_with_reading_aid("significance-plot", ui_text.SIGNIFICANCE_EXPLAINED)
+        self.significance_note = gr.Markdown("", elem_id="significance-note")
         gr.Markdown("### Training curves")
-        history_plot = _chart_with_reading_aid("history-plot", ui_text.HISTORY_EXPLAINED)
+        self.history_plot = _chart_with_reading_aid("history-plot", ui_text.HISTORY_EXPLAINED)
 
-        views = [metrics, roc_plot, pr_plot, confusion_picker, confusion_plot, reliability_plot, outside_note]
-        private = {"api_visibility": "private"}
-        tab.select(self.opened, [split, outside_state, confusion_picker],
-                   [*views, history_plot, significance_plot, significance_note], **private)
-        split.change(self.views, [split, outside_state, confusion_picker], views, **private)
-        outside_upload.upload(self.add_outside, [outside_upload, split, confusion_picker],
-                              [outside_state, outside_upload, *views], **private)
-        remove.click(lambda s, c: (None, *self.views(s, None, c)), [split, confusion_picker],
-                     [outside_state, *views], **private)
-        confusion_picker.input(self.views, [split, outside_state, confusion_picker], views, **private)
+        views = [self.metrics, self.roc_plot, self.pr_plot, self.confusion_picker, self.confusion_plot,
+                 self.reliability_plot, self.outside_note]
+        inputs = [split, self.outside_state, self.confusion_picker]
+        tab.select(self.opened, inputs, [*views, self.history_plot, self.significance_plot, self.significance_note],
+                   **PRIVATE)
+        split.change(self.views, inputs, views, **PRIVATE)
+        self.outside_upload.upload(self.add_outside, [self.outside_upload, split, self.confusion_picker],
+                                   [self.outside_state, self.outside_upload, *views], **PRIVATE)
+        remove.click(self.remove_outside, [split, self.confusion_picker], [self.outside_state, *views], **PRIVATE)
+        self.confusion_picker.input(self.views, inputs, views, **PRIVATE)
 
 
 def _chart_with_reading_aid(elem_id: str, reading_aid: str) -> gr.Plot:
@@ -179,14 +195,3 @@ def _chart_with_reading_aid(elem_id: str, reading_aid: str) -> gr.Plot:
         with gr.Column(scale=1, min_width=220):
             gr.Markdown(reading_aid, elem_classes=["reading-aid"])
     return plot
-
-
-def _two_line_cells(table: pd.DataFrame) -> pd.DataFrame:
-    # "0.872 [0.851, 0.890]" -> the estimate over its smaller interval: narrow columns a room can read.
-    def split(cell: object) -> object:
-        if not isinstance(cell, str) or " [" not in cell:
-            return cell
-        estimate, interval = cell.split(" [", 1)
-        return f"{estimate}<br><small>{interval.rstrip(']').replace(', ', '–')}</small>"
-
-    return table.map(split)

@@ -21,12 +21,11 @@ from pytorch_grad_cam import GradCAM, HiResCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from spinecad.backbones import HeatmapUnavailable
+from spinecad.inference.loading import LoadedModel
 from spinecad.labels import level_index, severity_index
-from spinecad.loading import LoadedModel
-from spinecad.model import SpineCADModel
-from spinecad.preprocess import slice_to_tensor
-from spinecad.preview import png_data_uri
+from spinecad.models.model import SpineCADModel
+from spinecad.models.preprocess import slice_to_tensor
+from spinecad.models.registry import HeatmapUnavailable
 
 CAM_CLASSES = {"gradcam": GradCAM, "hirescam": HiResCAM}
 CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
@@ -139,22 +138,3 @@ def overlay_heatmap(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = OV
     colours = cv2.cvtColor(colours, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
     alpha = (opacity * heatmap)[..., None]
     return np.uint8(np.round(255 * ((1 - alpha) * grey + alpha * colours)))
-
-
-def mass_inside(heatmap: np.ndarray, region: np.ndarray) -> float:
-    """Share of the map's total mass that lies inside ``region`` (a boolean mask of the same shape)."""
-    total = float(heatmap.sum())
-    return float(heatmap[region].sum()) / total if total > 0 else 0.0
-
-
-def explanation_to_dict(heatmaps: Sequence[Heatmap]) -> dict:
-    """The JSON of the app's ``explain`` API: per model the overlay as a PNG data URI and what it explains."""
-    return {
-        "level": heatmaps[0].level if heatmaps else None,
-        "models": {
-            h.name: {"image": None if h.overlay is None else png_data_uri(h.overlay), "grade": h.grade,
-                     "probability": None if h.probability is None else round(h.probability, 6),
-                     "seconds": round(h.seconds, 4), "method": h.method, "problem": h.problem}
-            for h in heatmaps
-        },
-    }

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from spinecad.loading import LoadedModel, LoadFailure
+from spinecad.inference.loading import LoadedModel, LoadFailure
 
 TITLE = "SpineCAD: how narrow is the lumbar spinal canal?"
+SPLIT_NAMES: dict[str, str] = {"val": "Validation", "test": "Test", "train": "Training"}
+OUTSIDE_NAME = "Your model (uploaded)"
+NO_MANIFEST = "Run `python -m train --demo`, or point SPINECAD_MANIFEST at a manifest."
 
 PREDICT_INTRO = (
     "Give the app **one axial T2-weighted MRI slice through a lumbar disc** and tell it which disc it is. "

@@ -1,19 +1,22 @@
-"""One analysed slice: every model's probabilities for all five levels plus the non-identifying facts of the input.
+"""What the app keeps per visitor and what its API returns: one analysed slice, and heatmaps as JSON.
 
-This is what the app keeps per visitor between a prediction and a level switch, and what its ``predict`` API
-returns as JSON (:meth:`SliceAnalysis.to_dict`). Switching the level only reads it: no model runs again.
+A :class:`SliceAnalysis` is every model's probabilities for all five levels plus the non-identifying facts of the
+input; switching the level only reads it, no model runs again. The JSON of ``/predict`` is
+:meth:`SliceAnalysis.to_dict`, that of ``/explain`` :func:`explanation_to_dict`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from spinecad.imaging import SliceFacts
+from spinecad.inference.heatmaps import Heatmap
+from spinecad.inference.predictor import Prediction
 from spinecad.labels import SEVERITIES, level_index
-from spinecad.predict import ENSEMBLE, Prediction
+from spinecad.ui.html import png_data_uri
 
 
 @dataclass(frozen=True)
@@ -41,26 +44,6 @@ class SliceAnalysis:
         return {**self.prediction.to_dict(level), "warnings": self.warnings, "source": self.source,
                 "demo": self.demo}
 
-    def probability_table(self, level: str) -> pd.DataFrame:
-        """One row per model and one for the ensemble: the three probabilities (%), grade, time taken, device."""
-        result = self.prediction.to_dict(level)
-        rows = []
-        for name, values in [*result["models"].items(), (ENSEMBLE, result["ensemble"])]:
-            rows.append({
-                "Model": name,
-                **{grade: f"{100 * values[grade]:.1f}%" for grade in SEVERITIES},
-                "Grade": values["grade"],
-                "Time (ms)": f"{values['latency_ms']:.1f}" if "latency_ms" in values else "",
-                "Device": result["device"] if name != ENSEMBLE else "",
-            })
-        return pd.DataFrame(rows)
-
-    def grade_grid(self) -> pd.DataFrame:
-        """Predicted grade of every model (rows) at every level (columns), the ensemble last."""
-        grid = pd.DataFrame(self.prediction.to_dict(0)["all_levels"]).T
-        grid.index.name = "Model"
-        return grid.reset_index()
-
     def ensemble_grade(self, level: str) -> tuple[str, float]:
         """The ensemble's grade at ``level`` and its probability."""
         probs = self.prediction.ensemble[level_index(level)]
@@ -81,3 +64,16 @@ def describe_source(facts: SliceFacts) -> str:
     if facts.frames > 1:
         parts.append(f"frame {facts.frame_used + 1} of {facts.frames}")
     return ", ".join(parts)
+
+
+def explanation_to_dict(heatmaps: Sequence[Heatmap]) -> dict:
+    """The JSON of the app's ``explain`` API: per model the overlay as a PNG data URI and what it explains."""
+    return {
+        "level": heatmaps[0].level if heatmaps else None,
+        "models": {
+            h.name: {"image": None if h.overlay is None else png_data_uri(h.overlay), "grade": h.grade,
+                     "probability": None if h.probability is None else round(h.probability, 6),
+                     "seconds": round(h.seconds, 4), "method": h.method, "problem": h.problem}
+            for h in heatmaps
+        },
+    }

@@ -13,9 +13,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from spinecad.comparison import ColumnResults, DifferenceMatrix
+from spinecad.evaluation.artefacts import Confusion
+from spinecad.evaluation.comparison import ColumnResults, DifferenceMatrix
+from spinecad.inference.predictor import ENSEMBLE, Prediction
 from spinecad.labels import LEVELS, SEVERITIES, level_index
-from spinecad.predict import ENSEMBLE, Prediction
 
 GRADE_COLOURS: dict[str, str] = {"Normal/Mild": "#009E73", "Moderate": "#E69F00", "Severe": "#D55E00"}
 MODEL_PALETTE: tuple[str, ...] = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#8C6D31",
@@ -111,7 +112,7 @@ def pr_figure(columns: Sequence[ColumnResults]) -> go.Figure:
     """One-vs-rest precision-recall curves, one panel per grade, with the grade's prevalence as the chance line."""
     figure = _per_grade_panels(columns, "pr", "recall", "precision", "pr_auc", "PR-AUC")
     for k, grade in enumerate(SEVERITIES):
-        prevalences = [c.curves[grade]["prevalence"] for c in columns if c.curves.get(grade)]
+        prevalences = [c.curves[grade].prevalence for c in columns if grade in c.curves]
         if prevalences:
             figure.add_trace(go.Scatter(x=[0, 1], y=[prevalences[0]] * 2, mode="lines", name="chance (prevalence)",
                                         line={"dash": "dot", "color": "#999999"}, showlegend=k == 0,
@@ -128,13 +129,14 @@ def _per_grade_panels(columns: Sequence[ColumnResults], curve: str, x_key: str, 
     colours = model_colours([c.name for c in columns])
     for k, grade in enumerate(SEVERITIES):
         for column in columns:
-            points = (column.curves.get(grade) or {}).get(curve)
-            if not points:
+            points = getattr(column.curves[grade], curve) if grade in column.curves else None
+            if points is None:
                 continue
-            auc = column.metrics["per_class"][grade][auc_key]
+            auc = column.metrics.value(auc_key, grade)
             auc_text = "undefined" if auc is None else f"{auc:.3f}"
             figure.add_trace(go.Scatter(
-                x=points[x_key], y=points[y_key], mode="lines", name=column.name, legendgroup=column.name,
+                x=getattr(points, x_key), y=getattr(points, y_key), mode="lines", name=column.name,
+                legendgroup=column.name,
                 showlegend=k == 0, line={"color": colours[column.name], "width": 3 if _is_ensemble(column.name) else 2,
                                          "shape": "hv" if curve == "pr" else "linear"},
                 hovertemplate=f"{column.name}<br>{grade} {auc_label} {auc_text}<extra></extra>",
@@ -144,11 +146,11 @@ def _per_grade_panels(columns: Sequence[ColumnResults], curve: str, x_key: str, 
     return figure
 
 
-def confusion_figure(confusion: Mapping, title: str) -> go.Figure:
+def confusion_figure(confusion: Confusion, title: str) -> go.Figure:
     """Confusion matrix as counts and as row-normalised shares (rows: true grade, columns: predicted grade)."""
-    labels = list(confusion["labels"])
-    counts = np.asarray(confusion["counts"])
-    shares = np.asarray(confusion["row_normalised"])
+    labels = list(confusion.labels)
+    counts = np.asarray(confusion.counts).astype(int)
+    shares = np.asarray(confusion.row_normalised)
     figure = make_subplots(rows=1, cols=2, horizontal_spacing=0.14,
                            subplot_titles=["counts", "share of each true grade (rows sum to 100%)"])
     figure.add_trace(go.Heatmap(z=counts, x=labels, y=labels, colorscale="Blues", showscale=False,
@@ -204,7 +206,7 @@ def reliability_figure(columns: Sequence[ColumnResults], per_row: int = 4) -> go
     figure = make_subplots(rows=rows, cols=per_row, shared_xaxes=True, shared_yaxes=True, vertical_spacing=0.16,
                            horizontal_spacing=0.03, subplot_titles=[_reliability_title(c) for c in shown])
     colours = model_colours([c.name for c in columns])
-    largest = max(max(c.reliability["count"], default=1) for c in shown)
+    largest = max(max(c.reliability.count, default=1) for c in shown)
     for k, column in enumerate(shown):
         row, col = k // per_row + 1, k % per_row + 1
         figure.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#999999"},
@@ -212,13 +214,13 @@ def reliability_figure(columns: Sequence[ColumnResults], per_row: int = 4) -> go
         for curve, label, colour in ((column.reliability, "raw (grey)", "#9a9a9a"),
                                      (column.reliability_calibrated, "temperature-scaled (colour)",
                                       colours[column.name])):
-            if not curve:
+            if curve is None:
                 continue
             figure.add_trace(go.Scatter(
-                x=curve["mean_predicted"], y=curve["observed"], mode="lines+markers", name=label,
+                x=curve.mean_predicted, y=curve.observed, mode="lines+markers", name=label,
                 legendgroup=label, showlegend=k == 0,
-                customdata=curve["count"], line={"color": colour, "width": 2},
-                marker={"size": [5 + 11 * (n / largest) ** 0.5 for n in curve["count"]], "color": colour},
+                customdata=curve.count, line={"color": colour, "width": 2},
+                marker={"size": [5 + 11 * (n / largest) ** 0.5 for n in curve.count], "color": colour},
                 hovertemplate=(f"{column.name}, {label}<br>confidence %{{x:.2f}}: right %{{y:.0%}} of "
                                "%{customdata} levels<extra></extra>"),
             ), row=row, col=col)
@@ -234,13 +236,12 @@ def reliability_figure(columns: Sequence[ColumnResults], per_row: int = 4) -> go
 
 
 def _reliability_title(column: ColumnResults) -> str:
-    calibration = column.calibration or {}
-    calibrated = calibration.get("calibrated")
-    if "ece" not in calibration:
+    calibration = column.calibration
+    if calibration is None:
         return column.name
-    if not calibrated:
-        return f"{column.name}<br>ECE {calibration['ece']:.3f}"
-    return f"{column.name}<br>ECE {calibration['ece']:.3f} → {calibrated['ece']:.3f}"
+    if calibration.calibrated is None:
+        return f"{column.name}<br>ECE {calibration.ece:.3f}"
+    return f"{column.name}<br>ECE {calibration.ece:.3f} → {calibration.calibrated.ece:.3f}"
 
 
 SIGNIFICANCE_TITLES = {"macro_f1": "macro F1", "macro_roc_auc": "macro ROC-AUC"}

@@ -1,0 +1,276 @@
+"""The evaluation-artefact format, declared once as pydantic models: what the training package writes and the app
+reads. ``spinecad.evaluation.store`` is the one module that reads and writes the files.
+
+Layout under an evaluation root (schema version ``SCHEMA_VERSION``)::
+
+    summary.json                          Summary: the models in column order ("ensemble" last) and the splits
+    <model_key>/history.csv               optional, one row per epoch: HISTORY_COLUMNS
+    <model_key>/<split>/predictions.csv   one row per (study, level): PREDICTION_COLUMNS; severity is the true
+                                          grade, normal_mild/moderate/severe the predicted probabilities
+    <model_key>/<split>/metrics.json      MetricsDocument: Table-2 metrics, bootstrap intervals, confusion
+                                          matrices, top-label ECE (raw, and calibrated when fitted)
+    <model_key>/<split>/curves.json       CurvesDocument: ROC/PR points per grade, reliability curves
+    significance.json                     optional, SignificanceDocument: paired patient-level bootstrap of every
+                                          two models' difference in macro F1 and macro ROC-AUC on one split
+
+Predictions, metrics and curves are of the raw (uncalibrated) probabilities; calibration is reported beside them.
+Every number is finite (``null`` where a metric is undefined), counts are integers, unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Strict
+
+from spinecad.labels import SEVERITIES, SEVERITY_COLUMNS
+
+SCHEMA_VERSION = 1
+EVALUATED_SPLITS: tuple[str, ...] = ("val", "test")  # what python -m train evaluates
+KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test")
+ENSEMBLE_KEY = "ensemble"
+PREDICTION_COLUMNS: tuple[str, ...] = ("row_id", "study_id", "level", "severity", *SEVERITY_COLUMNS)
+HISTORY_COLUMNS: tuple[str, ...] = (
+    "epoch", "phase", "train_loss", "train_accuracy", "train_macro_f1",
+    "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds",
+)
+
+Count = Annotated[int, Strict()]  # an integer, never 1.0 or true
+Number = Annotated[float, Strict(), AllowInfNan(False)]  # finite; an int is a number too
+Optional = Number | None  # None where a metric is undefined (e.g. ROC-AUC of an absent grade)
+_KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]*")  # a model key names a folder
+
+
+def _one_per_grade(values: dict) -> dict:
+    if list(values) != list(SEVERITIES):
+        raise ValueError(f"expected one entry per grade ({', '.join(SEVERITIES)}) in that order, got {list(values)}")
+    return values
+
+
+def _square(matrix: list[list[float]]) -> list[list[float]]:
+    if len(matrix) != len(SEVERITIES) or any(len(row) != len(SEVERITIES) for row in matrix):
+        raise ValueError(f"expected a {len(SEVERITIES)} x {len(SEVERITIES)} matrix")
+    return matrix
+
+
+def checked_split(split: str) -> str:
+    """``split`` if it is one of KNOWN_SPLITS; ValueError naming them otherwise."""
+    if split not in KNOWN_SPLITS:
+        raise ValueError(f"Unknown split {split!r}; expected one of {', '.join(KNOWN_SPLITS)}.")
+    return split
+
+
+def checked_key(model_key: str) -> str:
+    """``model_key`` if it can name a folder safely; ValueError otherwise."""
+    if not _KEY_PATTERN.fullmatch(model_key):
+        raise ValueError(f"Model key {model_key!r} must be lower-case letters, digits, '_' or '-'.")
+    return model_key
+
+
+Split = Annotated[str, AfterValidator(checked_split)]
+ModelKey = Annotated[str, AfterValidator(checked_key)]
+
+
+class ArtefactError(Exception):
+    """An evaluation artefact is missing, truncated or does not match its schema; the message names the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+class Artefact(BaseModel):
+    """Every artefact model: immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- metrics.json -------------------------------------------------------------------------------------------
+
+class ClassMetrics(Artefact):
+    precision: Optional
+    recall: Optional
+    f1: Optional
+    roc_auc: Optional
+    pr_auc: Optional
+
+
+class Metrics(Artefact):
+    """``spinecad.evaluation.metrics.compute_metrics`` of one model on one split."""
+
+    n: Count
+    class_counts: Annotated[dict[str, Count], AfterValidator(_one_per_grade)]
+    predicted_counts: Annotated[dict[str, Count], AfterValidator(_one_per_grade)]
+    accuracy: Optional
+    macro_f1: Optional
+    weighted_f1: Optional
+    macro_roc_auc: Optional
+    macro_pr_auc: Optional
+    macro_precision: Optional
+    macro_recall: Optional
+    per_class: Annotated[dict[str, ClassMetrics], AfterValidator(_one_per_grade)]
+    notes: list[str]
+
+    def value(self, name: str, grade: str | None = None) -> float | None:
+        """An overall metric, or with ``grade`` that grade's one-vs-rest metric."""
+        return getattr(self, name) if grade is None else getattr(self.per_class[grade], name)
+
+
+class Interval(Artefact):
+    estimate: Optional
+    low: Optional
+    high: Optional
+    n_valid: Count
+
+
+class ClassIntervals(Artefact):
+    precision: Interval
+    recall: Interval
+    f1: Interval
+    roc_auc: Interval
+    pr_auc: Interval
+
+
+class OverallIntervals(Artefact):
+    accuracy: Interval
+    macro_f1: Interval
+    weighted_f1: Interval
+    macro_roc_auc: Interval
+    macro_pr_auc: Interval
+    macro_precision: Interval
+    macro_recall: Interval
+
+
+class Intervals(Artefact):
+    """Patient-level percentile bootstrap intervals of every metric."""
+
+    method: str
+    n_boot: Count
+    seed: Count
+    alpha: Number
+    n_studies: Count
+    overall: OverallIntervals
+    per_class: Annotated[dict[str, ClassIntervals], AfterValidator(_one_per_grade)]
+
+    def interval(self, name: str, grade: str | None = None) -> Interval:
+        """The interval of an overall metric, or with ``grade`` of that grade's metric."""
+        return getattr(self.overall, name) if grade is None else getattr(self.per_class[grade], name)
+
+
+Matrix = Annotated[list[list[Number]], AfterValidator(_square)]
+
+
+class Confusion(Artefact):
+    labels: list[str]
+    counts: Matrix
+    row_normalised: Matrix
+
+
+class CalibratedECE(Artefact):
+    method: str
+    temperature: Optional  # None for the ensemble (the mean of its models' calibrated probabilities)
+    ece: Number
+
+
+class Calibration(Artefact):
+    ece: Number
+    n_bins: Count
+    calibrated: CalibratedECE | None = None  # absent where no temperature was fitted
+
+
+class MetricsDocument(Artefact):
+    schema_version: Count
+    model_key: str
+    split: Split
+    metrics: Metrics
+    intervals: Intervals
+    confusion: Confusion
+    calibration: Calibration
+
+
+# ---- curves.json --------------------------------------------------------------------------------------------
+
+class RocPoints(Artefact):
+    fpr: list[Number]
+    tpr: list[Number]
+    thresholds: list[Optional]  # scikit-learn's first threshold is +inf: stored as None
+
+
+class PrPoints(Artefact):
+    recall: list[Number]
+    precision: list[Number]
+
+
+class GradeCurves(Artefact):
+    prevalence: Number
+    roc: RocPoints | None  # None where the grade is absent or is every row
+    pr: PrPoints | None
+
+
+class Reliability(Artefact):
+    kind: str
+    n_bins: Count
+    bin_edges: list[Number]
+    mean_predicted: list[Number]
+    observed: list[Number]
+    count: list[Count]
+
+
+class CurvesDocument(Artefact):
+    schema_version: Count
+    model_key: str
+    split: Split
+    roc_pr: Annotated[dict[str, GradeCurves], AfterValidator(_one_per_grade)]
+    reliability: Reliability
+    reliability_calibrated: Reliability | None = None
+
+
+# ---- significance.json and summary.json ---------------------------------------------------------------------
+
+class EvaluatedModel(Artefact):
+    """One column of the evaluation: a folder key and the name shown to people."""
+
+    key: ModelKey
+    display_name: str
+
+
+class PairDifference(Artefact):
+    """Metric of model ``a`` minus model ``b`` over the same patient-level resamples."""
+
+    a: str
+    b: str
+    metric: str
+    difference: Optional
+    mean_difference: Optional
+    low: Optional
+    high: Optional
+    n_valid: Count
+    p_value: Optional
+
+
+class SignificanceDocument(Artefact):
+    schema_version: Count
+    split: Split
+    method: str
+    n_boot: Count
+    seed: Count
+    alpha: Number
+    n_studies: Count
+    metrics: list[str]
+    models: list[EvaluatedModel]
+    pairs: list[PairDifference]
+
+
+class Summary(Artefact):
+    schema_version: Count
+    created_at: str  # ISO 8601, UTC
+    demo: Annotated[bool, Strict()]  # true: synthetic phantom data
+    description: str
+    splits: tuple[Split, ...]
+    models: tuple[EvaluatedModel, ...]
+
+    def display_names(self) -> dict[str, str]:
+        """Model key -> display name, in column order."""
+        return {model.key: model.display_name for model in self.models}

@@ -1,0 +1,1 @@
+"""Models: the backbone registry, one backbone interface, the SpineCAD model and its Hub card, preprocessing."""

@@ -1,0 +1,91 @@
+"""The tables the app shows: the paper's Table 2 with intervals and calibration, and one slice's model table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from spinecad.evaluation.artefacts import Interval
+from spinecad.evaluation.comparison import ColumnResults
+from spinecad.inference.predictor import ENSEMBLE
+from spinecad.labels import SEVERITIES
+
+TABLE_ROWS: tuple[tuple[str, str], ...] = (
+    ("Accuracy", "accuracy"), ("Macro F1", "macro_f1"), ("Weighted F1", "weighted_f1"),
+    ("Macro ROC-AUC", "macro_roc_auc"), ("Macro PR-AUC", "macro_pr_auc"),
+)
+TABLE_CLASS_ROWS: tuple[tuple[str, str], ...] = (
+    ("Precision", "precision"), ("Recall", "recall"), ("F1-Score", "f1"), ("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"),
+)
+
+
+def metrics_table(columns: Sequence[ColumnResults], digits: int = 3) -> pd.DataFrame:
+    """Table 2 for the columns: rows "Overall" then each grade then "Calibration", "estimate [low, high]" cells."""
+    rows = [("Overall", label, None, name) for label, name in TABLE_ROWS]
+    rows += [(grade, label, grade, name) for grade in SEVERITIES for label, name in TABLE_CLASS_ROWS]
+    table = {}
+    for column in columns:
+        cells = []
+        for _, _, grade, name in rows:
+            interval = column.intervals.interval(name, grade) if column.intervals else None
+            cells.append(_with_interval(column.metrics.value(name, grade), interval, digits))
+        table[column.name] = cells + _calibration_cells(column, digits)
+    labels = [(group, label) for group, label, _, _ in rows]
+    labels += [("Calibration", label) for label in ("ECE, raw", "ECE, calibrated", "Temperature")]
+    frame = pd.DataFrame(table, index=pd.MultiIndex.from_tuples(labels, names=["Group", "Metric"])).reset_index()
+    # The group name once per block reads like the paper's table.
+    frame.loc[frame["Group"].duplicated(), "Group"] = ""
+    return frame
+
+
+def two_line_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """"0.872 [0.851, 0.890]" -> the estimate over its smaller interval: narrow columns a room can read."""
+
+    def split(cell: object) -> object:
+        if not isinstance(cell, str) or " [" not in cell:
+            return cell
+        estimate, interval = cell.split(" [", 1)
+        return f"{estimate}<br><small>{interval.rstrip(']').replace(', ', '–')}</small>"
+
+    return table.map(split)
+
+
+def probability_table(result: dict) -> pd.DataFrame:
+    """One row per model and one for the ensemble: the three probabilities (%), grade, time taken, device."""
+    rows = []
+    for name, values in [*result["models"].items(), (ENSEMBLE, result["ensemble"])]:
+        rows.append({
+            "Model": name,
+            **{grade: f"{100 * values[grade]:.1f}%" for grade in SEVERITIES},
+            "Grade": values["grade"],
+            "Time (ms)": f"{values['latency_ms']:.1f}" if "latency_ms" in values else "",
+            "Device": result["device"] if name != ENSEMBLE else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def _calibration_cells(column: ColumnResults, digits: int) -> list[str]:
+    """ECE before and after temperature scaling, and the temperature."""
+    calibration = column.calibration
+    calibrated = calibration.calibrated if calibration else None
+    if calibrated is None:
+        temperature = "n/a"
+    elif calibrated.temperature is None:
+        temperature = "per model"
+    else:
+        temperature = _number(calibrated.temperature, 2)
+    return [_number(calibration.ece if calibration else None, digits),
+            _number(calibrated.ece if calibrated else None, digits), temperature]
+
+
+def _with_interval(estimate: float | None, interval: Interval | None, digits: int) -> str:
+    if estimate is None:
+        return "n/a"
+    if interval is None or interval.low is None or interval.high is None:
+        return f"{estimate:.{digits}f}"
+    return f"{estimate:.{digits}f} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
