@@ -25,7 +25,7 @@ from spinecad.ui import charts
 from spinecad.ui import text as ui_text
 from spinecad.ui.analysis import SliceAnalysis, describe_source
 from spinecad.ui.html import heatmap_gallery_html, preview_html, preview_png
-from spinecad.ui.tables import metrics_table, probability_table, two_line_cells
+from spinecad.ui.tables import RSNA_GROUP, metrics_table, probability_table, two_line_cells
 from spinecad.ui.uploads import consume_upload, remove_upload
 from tests.app_fixture import write_fixture_evaluation
 from tests.conftest import EXAMPLES_DIR
@@ -171,9 +171,9 @@ def test_metrics_table_has_the_paper_rows_and_an_interval_per_cell(evaluation_ro
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
     table = metrics_table(columns)
     assert list(table.columns) == ["Group", "Metric", "ViT-B/16", "Ensemble (mean)"]
-    assert len(table) == 5 + 5 * len(SEVERITIES) + 3
-    assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES, "Calibration"]
-    assert len(table) == 5 + 5 * len(SEVERITIES) + 3
+    assert len(table) == 5 + 5 * len(SEVERITIES) + 3 + 3  # overall, per grade, RSNA metric, calibration
+    assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES, RSNA_GROUP, "Calibration"]
+    assert len(table) == 5 + 5 * len(SEVERITIES) + 3 + 3  # overall, per grade, RSNA metric, calibration
     document = evaluation.load_metrics(evaluation_root, "vit_b16", "test")
     groups = table["Group"].replace("", np.nan).ffill()
     by_row = dict(zip(zip(groups, table["Metric"], strict=True), table["ViT-B/16"], strict=True))

@@ -84,7 +84,7 @@ def test_written_metrics_are_compute_metrics_of_the_predictions(evaluation_root)
     root, written = evaluation_root
     frame, _ = written[("vit_b16", "test")]
     y_true = frame["severity"].map(SEVERITIES.index).to_numpy()
-    expected = metrics.compute_metrics(y_true, frame[list(SEVERITY_COLUMNS)].to_numpy())
+    expected = metrics.compute_metrics(y_true, frame[list(SEVERITY_COLUMNS)].to_numpy(), frame["study_id"].to_numpy())
     assert evaluation.load_metrics(root, "vit_b16", "test").metrics.model_dump() == expected
 
 

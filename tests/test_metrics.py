@@ -21,7 +21,7 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import label_binarize
 
-from spinecad.evaluation import metrics
+from spinecad.evaluation import bootstrap, metrics
 from spinecad.labels import SEVERITIES
 
 
@@ -126,8 +126,8 @@ def test_curve_points_follow_sklearn_and_are_thinned(predictions):
 
 def test_resampled_statistics_equal_sklearn_with_the_resample(predictions):
     study_ids, y, probs = predictions
-    weights = next(metrics._resample_weights(study_ids, n_boot=4, seed=3))
-    stats = metrics._weighted_statistics(y, probs, weights)
+    weights = next(bootstrap._resample_weights(study_ids, n_boot=4, seed=3))
+    stats = bootstrap._weighted_statistics(y, probs, weights)
     y_pred = probs.argmax(axis=1)
     for b, w in enumerate(weights):
         # All rows of a study share its draw count: a patient-level resample.
@@ -152,9 +152,9 @@ def test_resampled_statistics_equal_sklearn_with_the_resample(predictions):
 
 def test_bootstrap_is_seeded_and_brackets_the_estimate(predictions):
     study_ids, y, probs = predictions
-    first = metrics.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=1)
-    again = metrics.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=1)
-    other = metrics.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=2)
+    first = bootstrap.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=1)
+    again = bootstrap.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=1)
+    other = bootstrap.bootstrap_intervals(study_ids, y, probs, n_boot=200, seed=2)
     assert first == again
     assert first["overall"]["macro_roc_auc"] != other["overall"]["macro_roc_auc"]
     point = metrics.compute_metrics(y, probs)
@@ -174,7 +174,7 @@ def test_bootstrap_is_seeded_and_brackets_the_estimate(predictions):
 def test_paired_difference_of_a_model_with_itself_is_exactly_zero(predictions):
     study_ids, y, probs = predictions
     for metric in ("macro_roc_auc", "accuracy", "macro_f1"):
-        result = metrics.paired_bootstrap_difference(study_ids, y, probs, probs, metric=metric, n_boot=100, seed=0)
+        result = bootstrap.paired_bootstrap_difference(study_ids, y, probs, probs, metric=metric, n_boot=100, seed=0)
         assert (result["difference"], result["mean_difference"], result["low"], result["high"]) == (0, 0, 0, 0)
         assert result["p_value"] == 1.0
 
@@ -182,13 +182,13 @@ def test_paired_difference_of_a_model_with_itself_is_exactly_zero(predictions):
 def test_paired_difference_sees_a_worse_model(predictions):
     study_ids, y, probs = predictions
     noisy = 0.3 * probs + 0.7 * np.random.default_rng(0).dirichlet([1, 1, 1], size=len(y))
-    result = metrics.paired_bootstrap_difference(study_ids, y, probs, noisy, metric="roc_auc", grade="Severe",
+    result = bootstrap.paired_bootstrap_difference(study_ids, y, probs, noisy, metric="roc_auc", grade="Severe",
                                                  n_boot=200, seed=0)
     expected = roc_auc_score(y == 2, probs[:, 2]) - roc_auc_score(y == 2, noisy[:, 2])
     assert result["difference"] == pytest.approx(expected, abs=1e-12)
     assert 0 < result["low"] <= result["high"] and result["p_value"] < 0.05
     with pytest.raises(ValueError, match="Unknown metric"):
-        metrics.paired_bootstrap_difference(study_ids, y, probs, noisy, metric="auc")
+        bootstrap.paired_bootstrap_difference(study_ids, y, probs, noisy, metric="auc")
 
 
 def test_expected_calibration_error_on_a_hand_made_case():
@@ -224,5 +224,5 @@ def test_reliability_curve_is_sklearns_calibration_curve(predictions):
 
 def test_bootstrap_of_two_thousand_rows_is_fast():
     study_ids, y, probs = fake_predictions(seed=1, n_studies=400)
-    intervals = metrics.bootstrap_intervals(study_ids, y, probs, n_boot=1000, seed=0)
+    intervals = bootstrap.bootstrap_intervals(study_ids, y, probs, n_boot=1000, seed=0)
     assert intervals["overall"]["accuracy"]["n_valid"] == 1000

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecad.evaluation import comparison, metrics
+from spinecad.evaluation import bootstrap, comparison
 from spinecad.evaluation import store as evaluation
 from spinecad.inference.manifest import read_manifest
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
@@ -33,12 +33,12 @@ def three_models():
 
 def test_every_pair_equals_the_single_pair_computation(three_models):
     studies, y_true, models = three_models
-    pairs = metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=200, seed=3)
+    pairs = bootstrap.paired_bootstrap_differences(studies, y_true, models, n_boot=200, seed=3)
     assert [(p["metric"], p["a"], p["b"]) for p in pairs] == [
         (m, a, b) for m in ("macro_f1", "macro_roc_auc") for a, b in (("good", "fair"), ("good", "chance"),
                                                                         ("fair", "chance"))]
     for pair in pairs:
-        single = metrics.paired_bootstrap_difference(studies, y_true, models[pair["a"]], models[pair["b"]],
+        single = bootstrap.paired_bootstrap_difference(studies, y_true, models[pair["a"]], models[pair["b"]],
                                                      metric=pair["metric"], n_boot=200, seed=3)
         for key in ("difference", "mean_difference", "low", "high", "n_valid", "p_value"):
             assert pair[key] == single[key]
@@ -46,16 +46,16 @@ def test_every_pair_equals_the_single_pair_computation(three_models):
 
 def test_the_same_seed_gives_the_same_intervals_and_another_seed_others(three_models):
     studies, y_true, models = three_models
-    first = metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=7)
-    again = metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=7)
-    other = metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=8)
+    first = bootstrap.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=7)
+    again = bootstrap.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=7)
+    other = bootstrap.paired_bootstrap_differences(studies, y_true, models, n_boot=300, seed=8)
     assert first == again
     assert [p["low"] for p in first] != [p["low"] for p in other]
 
 
 def test_a_model_against_itself_gives_an_interval_around_zero(three_models):
     studies, y_true, models = three_models
-    pairs = metrics.paired_bootstrap_differences(studies, y_true, {"good": models["good"], "copy": models["good"]},
+    pairs = bootstrap.paired_bootstrap_differences(studies, y_true, {"good": models["good"], "copy": models["good"]},
                                                  n_boot=300, seed=0)
     for pair in pairs:
         assert pair["difference"] == 0.0 and pair["low"] <= 0.0 <= pair["high"]
@@ -64,7 +64,7 @@ def test_a_model_against_itself_gives_an_interval_around_zero(three_models):
 
 def test_a_model_near_chance_is_told_apart_from_a_good_one(three_models):
     studies, y_true, models = three_models
-    pairs = metrics.paired_bootstrap_differences(studies, y_true, models, n_boot=500, seed=0)
+    pairs = bootstrap.paired_bootstrap_differences(studies, y_true, models, n_boot=500, seed=0)
     versus_chance = next(p for p in pairs if (p["a"], p["b"], p["metric"]) == ("good", "chance", "macro_roc_auc"))
     assert versus_chance["low"] > 0.1
 
@@ -81,7 +81,7 @@ def test_the_artefact_round_trips_and_is_part_of_the_tree(tmp_path, three_models
     written = evaluation.write_significance(tmp_path, "test", n_boot=100, seed=4)
     assert evaluation.load_significance(tmp_path) == written
     assert evaluation.significance_path(tmp_path) in evaluation.validate_tree(tmp_path)
-    assert [pair.model_dump() for pair in written.pairs] == metrics.paired_bootstrap_differences(
+    assert [pair.model_dump() for pair in written.pairs] == bootstrap.paired_bootstrap_differences(
         studies, y_true, models, n_boot=100, seed=4)
     # A pair naming a model the file does not list is refused.
     document = json.loads(evaluation.significance_path(tmp_path).read_text())

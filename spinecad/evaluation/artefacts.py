@@ -112,6 +112,10 @@ class Metrics(Artefact):
     macro_recall: Optional
     per_class: Annotated[dict[str, ClassMetrics], AfterValidator(_one_per_grade)]
     notes: list[str]
+    # The RSNA 2024 competition's canal metric (lower is better); absent from files written before it was added.
+    rsna_canal_log_loss: Optional = None
+    rsna_any_severe_log_loss: Optional = None
+    rsna_canal_score: Optional = None
 
     def value(self, name: str, grade: str | None = None) -> float | None:
         """An overall metric, or with ``grade`` that grade's one-vs-rest metric."""
@@ -141,6 +145,9 @@ class OverallIntervals(Artefact):
     macro_pr_auc: Interval
     macro_precision: Interval
     macro_recall: Interval
+    rsna_canal_log_loss: Interval | None = None  # absent from files written before the RSNA metric was added
+    rsna_any_severe_log_loss: Interval | None = None
+    rsna_canal_score: Interval | None = None
 
 
 class Intervals(Artefact):
@@ -155,7 +162,7 @@ class Intervals(Artefact):
     per_class: Annotated[dict[str, ClassIntervals], AfterValidator(_one_per_grade)]
 
     def interval(self, name: str, grade: str | None = None) -> Interval:
-        """The interval of an overall metric, or with ``grade`` of that grade's metric."""
+        """The interval of an overall metric, or with ``grade`` of that grade's metric (None if not stored)."""
         return getattr(self.overall, name) if grade is None else getattr(self.per_class[grade], name)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinecad.evaluation.metrics import Metrics, bootstrap_intervals, compute_metrics
+from spinecad.evaluation.bootstrap import bootstrap_intervals
+from spinecad.evaluation.metrics import Metrics, compute_metrics
 from spinecad.labels import CONDITION, LEVEL_KEYS, LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
 
 LABEL_COLUMNS: tuple[str, ...] = ("row_id", "study_id", "level", "severity")
@@ -153,7 +154,7 @@ def score_predictions(predictions: str | Path | pd.DataFrame, labels_df: pd.Data
     matched = match_predictions(predictions, labels_df, strict=strict)
     y_true = matched.predictions["severity"].map(SEVERITIES.index).to_numpy()
     probs = matched.predictions[list(SEVERITY_COLUMNS)].to_numpy()
-    result = compute_metrics(y_true, probs)
+    result = compute_metrics(y_true, probs, matched.predictions["study_id"].to_numpy())
     result["notes"].append("Probabilities were renormalised to sum 1 per row, as Kaggle's competition metric does.")
     invalid_rows = matched.invalid_rows
     if len(invalid_rows) > _MAX_LISTED_ROWS:

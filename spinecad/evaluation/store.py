@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from spinecad.atomic import write_text_atomic
-from spinecad.evaluation import metrics
+from spinecad.evaluation import bootstrap, metrics
 from spinecad.evaluation.artefacts import (
     ENSEMBLE_KEY,
     EVALUATED_SPLITS,
@@ -156,8 +156,8 @@ def write_split_evaluation(root: str | Path, model_key: str, split: str, predict
         curves["reliability_calibrated"] = metrics.reliability_curve(y_true, calibrated, n_bins)
     document = MetricsDocument.model_validate({
         **header,
-        "metrics": metrics.compute_metrics(y_true, probs),
-        "intervals": metrics.bootstrap_intervals(study_ids, y_true, probs, n_boot=n_boot, seed=seed),
+        "metrics": metrics.compute_metrics(y_true, probs, study_ids),
+        "intervals": bootstrap.bootstrap_intervals(study_ids, y_true, probs, n_boot=n_boot, seed=seed),
         "confusion": metrics.confusion_matrices(y_true, probs.argmax(axis=1)),
         "calibration": calibration,
     })
@@ -211,7 +211,7 @@ def write_significance(root: str | Path, split: str = "test", model_keys: Sequen
         "method": "paired patient-level percentile bootstrap (the same resampled studies for every model)",
         "n_boot": n_boot, "seed": seed, "alpha": alpha, "n_studies": len(np.unique(study_ids)),
         "metrics": list(metrics_names), "models": [{"key": key, "display_name": names[key]} for key in keys],
-        "pairs": metrics.paired_bootstrap_differences(study_ids, y_true, probs, metrics_names, n_boot, seed, alpha),
+        "pairs": bootstrap.paired_bootstrap_differences(study_ids, y_true, probs, metrics_names, n_boot, seed, alpha),
     })
     _write_json(significance_path(root), document)
     return document

@@ -18,12 +18,18 @@ TABLE_ROWS: tuple[tuple[str, str], ...] = (
 TABLE_CLASS_ROWS: tuple[tuple[str, str], ...] = (
     ("Precision", "precision"), ("Recall", "recall"), ("F1-Score", "f1"), ("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"),
 )
+RSNA_GROUP = "RSNA 2024 metric (lower is better)"
+TABLE_RSNA_ROWS: tuple[tuple[str, str], ...] = (
+    ("Canal log loss (weights 1/2/4)", "rsna_canal_log_loss"), ("Any-severe log loss", "rsna_any_severe_log_loss"),
+    ("Canal score (their mean)", "rsna_canal_score"),
+)
 
 
 def metrics_table(columns: Sequence[ColumnResults], digits: int = 3) -> pd.DataFrame:
     """Table 2 for the columns: rows "Overall" then each grade then "Calibration", "estimate [low, high]" cells."""
     rows = [("Overall", label, None, name) for label, name in TABLE_ROWS]
     rows += [(grade, label, grade, name) for grade in SEVERITIES for label, name in TABLE_CLASS_ROWS]
+    rows += [(RSNA_GROUP, label, None, name) for label, name in TABLE_RSNA_ROWS]
     table = {}
     for column in columns:
         cells = []
