@@ -22,7 +22,7 @@ EXAMPLES = CHECKPOINTS / "examples"
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 started = time.perf_counter()
 predictor, problem = ui.load_predictor(MANIFEST)  # ZeroGPU wants the models on CUDA at start, as it lends it
-logging.getLogger("spinecad.app").info(
+logging.getLogger("app").info(
     "%d model(s) on %s, %d failed, loaded in %.1f s", len(predictor.models), predictor.device,
     len(predictor.failures), time.perf_counter() - started)
 demo = ui.build(predictor, examples_dir=EXAMPLES, problem=problem)

@@ -13,6 +13,7 @@ and the ratio b/a. Runs are interleaved so machine noise hits both alike.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from spinecad.models.model import SpineCADModel
 from spinecad.models.preprocess import slice_to_tensor
 from spinecad.models.registry import profile
 
-DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "checkpoints" / "manifest.json"
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+DEMO_MANIFEST = Path(os.environ.get("SPINECAD_MANIFEST") or CHECKPOINTS / "manifest.json")
 LEVEL = "L4/L5"
 
 

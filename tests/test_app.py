@@ -174,3 +174,20 @@ def test_explain_returns_one_heatmap_image_per_model(launched_app, client, uploa
     with pytest.raises(AppError) as raised:
         client.predict(handle_file(empty), "L5/S1", api_name="/explain")
     assert str(raised.value) == "The file is empty."
+
+
+def test_a_refused_file_empties_every_view_the_previous_result_filled(demo_predictor, tmp_path):
+    import gradio as gr
+
+    from spinecad.ui.predict_tab import PredictTab
+
+    with gr.Blocks():
+        tab = PredictTab(demo_predictor, demo=True, examples=[], examples_dir=None, upload_root=tmp_path)
+        tab.render()
+    shown = tab.on_example("missing example", "L4/L5", "raw")  # refused too: the example is not there
+    good = tab._shown(tab.analyse((EXAMPLES_DIR / "severe_axial.dcm").read_bytes()), "L4/L5")
+    assert good[tab.result_json]["level"] == "L4/L5" and good[tab.table] is not None
+    refused = tab.on_upload(None, "L4/L5", "raw")
+    assert set(good) <= set(refused) and set(good) <= set(shown)  # nothing keeps the earlier slice's result
+    assert all(refused[c] is None for c in (tab.result_json, tab.table, tab.probability_plot, tab.grid_plot))
+    assert "No file was uploaded." in refused[tab.headline]

@@ -26,7 +26,8 @@ NUMBER = r"\s+(?:-?[0-9.]+(?:e[+-]\d+)?|nan)"
 
 
 def bench(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
-    """``python bench/<script> ...`` from another folder: the script must find this checkout by itself."""
+    """``python bench/<script> ...`` from another folder: the package is installed (pip install -e .), and the
+    script finds this checkout's own files (app.py, checkpoints) beside itself."""
     return subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=cwd, env=ENV,
                           capture_output=True, text=True, timeout=300)
 

@@ -106,6 +106,20 @@ def test_unknown_config_fields_and_backbone_sources_are_refused(saved):
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="unknown source 'keras'"):
         SpineCADModel.load(saved)
+    (saved / "config.json").write_text(json.dumps({**config, "backbone": "resnet152", "format": None}))
+    with pytest.raises(CheckpointError, match="does not describe a backbone"):
+        SpineCADModel.load(saved)
+
+
+def test_a_config_missing_defaults_loads_and_says_which_once(saved, caplog):
+    config = json.loads((saved / "config.json").read_text())
+    del config["format"], config["dropout"]
+    (saved / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="spinecad.models.model"):
+        SpineCADModel.load(saved)
+        SpineCADModel.load(saved)
+    said = [r.getMessage() for r in caplog.records if r.name == "spinecad.models.model"]
+    assert len(said) == 1 and "has no dropout, format" in said[0]
 
 
 def test_pickled_weights_are_never_loaded(saved):

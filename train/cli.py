@@ -128,6 +128,7 @@ def _train(argv: list[str]) -> int:
 
         push_run(output_dir, args.push_to_hub)
     print(f"done in {time.perf_counter() - started:.0f} s; outputs in {output_dir}")
+    print(f"serve them: SPINECAD_MANIFEST={(output_dir / 'manifest.json').resolve()} python app.py")
     return 0
 
 

@@ -41,7 +41,7 @@ SAGITTAL_GEOMETRY = SliceGeometry((0.0, -150.0, 150.0), (0.0, 1.0, 0.0, 0.0, 0.0
 
 
 
-def write_examples(out_dir: str | Path = DEFAULT_EXAMPLES_DIR) -> list[Example]:
+def write_examples(out_dir: str | Path) -> list[Example]:
     """Render the example slices into ``out_dir`` with an ``examples.csv`` index; return what was written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,10 +9,11 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from spinecad.atomic import atomic_path
+from spinecad.evaluation.artefacts import KNOWN_SPLITS
 from spinecad.labels import CONDITION, LEVEL_KEYS, LEVELS, SEVERITIES
 from train.rsna import SampleIndex
 
-SPLITS: tuple[str, ...] = ("train", "val", "test")
+SPLITS = KNOWN_SPLITS  # in the order the split writes them
 VAL_FRACTION, TEST_FRACTION = 0.15, 0.20
 DEFAULT_SEED = 42
 # Strata with fewer studies than this are merged into a coarser stratum so every split can hold one.

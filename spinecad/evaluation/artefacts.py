@@ -21,21 +21,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Strict
+from pydantic import AfterValidator, AllowInfNan, BaseModel, ConfigDict, Field, Strict
 
-from spinecad.labels import SEVERITIES, SEVERITY_COLUMNS
+from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS
 
 SCHEMA_VERSION = 1
 EVALUATED_SPLITS: tuple[str, ...] = ("val", "test")  # what python -m train evaluates
 KNOWN_SPLITS: tuple[str, ...] = ("train", "val", "test")
 ENSEMBLE_KEY = "ensemble"
-PREDICTION_COLUMNS: tuple[str, ...] = ("row_id", "study_id", "level", "severity", *SEVERITY_COLUMNS)
-HISTORY_COLUMNS: tuple[str, ...] = (
-    "epoch", "phase", "train_loss", "train_accuracy", "train_macro_f1",
-    "val_loss", "val_accuracy", "val_macro_f1", "lr", "seconds",
-)
 
 Count = Annotated[int, Strict()]  # an integer, never 1.0 or true
 Number = Annotated[float, Strict(), AllowInfNan(False)]  # finite; an int is a number too
@@ -85,6 +80,43 @@ class Artefact(BaseModel):
     """Every artefact model: immutable, strict about unknown fields."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---- predictions.csv and history.csv: one model per row ----------------------------------------------------
+
+Probability = Annotated[float, Strict(), AllowInfNan(False), Field(ge=0.0)]
+
+
+class PredictionRow(Artefact):
+    """One (study, level) row of predictions.csv: the true grade and the predicted probabilities (summing to 1)."""
+
+    row_id: str  # Kaggle's <study_id>_spinal_canal_stenosis_<l4_l5>
+    study_id: Count
+    level: Literal[LEVELS]
+    severity: Literal[SEVERITIES]  # the true grade
+    normal_mild: Probability
+    moderate: Probability
+    severe: Probability
+
+
+class HistoryRow(Artefact):
+    """One epoch of history.csv; a value that was not measured (e.g. no validation that epoch) is None."""
+
+    epoch: Annotated[int, Strict(), Field(ge=0)]
+    phase: str
+    train_loss: Optional
+    train_accuracy: Optional
+    train_macro_f1: Optional
+    val_loss: Optional
+    val_accuracy: Optional
+    val_macro_f1: Optional
+    lr: Optional
+    seconds: Optional
+
+
+PREDICTION_COLUMNS: tuple[str, ...] = tuple(PredictionRow.model_fields)
+HISTORY_COLUMNS: tuple[str, ...] = tuple(HistoryRow.model_fields)
+assert PREDICTION_COLUMNS[4:] == SEVERITY_COLUMNS  # the probability columns are the Kaggle submission's
 
 
 # ---- metrics.json -------------------------------------------------------------------------------------------

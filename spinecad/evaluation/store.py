@@ -35,6 +35,7 @@ from spinecad.evaluation.artefacts import (
     checked_split,
 )
 from spinecad.evaluation.tables import (
+    aligned_probabilities,
     canonical_history,
     canonical_input,
     canonical_predictions,
@@ -198,14 +199,11 @@ def write_significance(root: str | Path, split: str = "test", model_keys: Sequen
     included) on ``split``, from their stored predictions.csv; written to significance.json and returned."""
     names = load_summary(root).display_names()
     keys = list(model_keys) if model_keys is not None else list(names)
-    frames = {key: load_predictions(root, key, split).set_index("row_id") for key in keys}
-    base = frames[keys[0]]
-    for key, frame in frames.items():
-        if set(frame.index) != set(base.index) or not frame.loc[base.index, "severity"].equals(base["severity"]):
-            raise ValueError(f"{predictions_path(root, key, split)} does not hold the same rows as {keys[0]}'s.")
+    base, by_path = aligned_probabilities({str(predictions_path(root, key, split)): load_predictions(root, key, split)
+                                           for key in keys})
     y_true = np.array([SEVERITIES.index(s) for s in base["severity"]])
     study_ids = base["study_id"].to_numpy()
-    probs = {key: frames[key].loc[base.index, list(SEVERITY_COLUMNS)].to_numpy() for key in keys}
+    probs = dict(zip(keys, by_path.values(), strict=True))
     document = SignificanceDocument.model_validate({
         "schema_version": SCHEMA_VERSION, "split": checked_split(split),
         "method": "paired patient-level percentile bootstrap (the same resampled studies for every model)",

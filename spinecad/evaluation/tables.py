@@ -11,9 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter, ValidationError
 
 from spinecad.atomic import write_text_atomic
-from spinecad.evaluation.artefacts import HISTORY_COLUMNS, PREDICTION_COLUMNS, ArtefactError
+from spinecad.evaluation.artefacts import (
+    HISTORY_COLUMNS,
+    PREDICTION_COLUMNS,
+    ArtefactError,
+    HistoryRow,
+    PredictionRow,
+)
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
 
 # Softmax rows sum to 1 within float error; 1e-3 still catches a wrong or cut-off value.
@@ -46,6 +53,7 @@ def canonical_predictions(frame: pd.DataFrame) -> pd.DataFrame:
     _refuse_rows(out, out["row_id"].duplicated().to_numpy(), "row_id appears twice")
     for k, column in enumerate(SEVERITY_COLUMNS):
         out[column] = probs[:, k]
+    _declared(out, PredictionRow)
     return out
 
 
@@ -61,7 +69,19 @@ def canonical_history(frame: pd.DataFrame) -> pd.DataFrame:
         numbers = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=float)
         _refuse_rows(out, np.isnan(numbers) & frame[column].notna().to_numpy(), f"{column} is not a number")
         out[column] = numbers
+    _declared(out, HistoryRow)
     return out
+
+
+def _declared(frame: pd.DataFrame, row: type[PredictionRow | HistoryRow]) -> None:
+    """Every row against its declaration in ``artefacts`` (the checks above give the friendlier messages first)."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+    try:
+        TypeAdapter(list[row]).validate_python(records)
+    except ValidationError as error:
+        first = error.errors()[0]
+        index, *field = first["loc"]
+        raise TableError(f"data row {int(index) + 1}: {'.'.join(map(str, field))}: {first['msg']}") from None
 
 
 def _require_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -109,15 +129,22 @@ def mean_ensemble(predictions: Sequence[pd.DataFrame]) -> pd.DataFrame:
               for i, frame in enumerate(predictions)]
     if not frames:
         raise ValueError("mean_ensemble needs at least one model's predictions.")
-    base = frames[0].set_index("row_id")
-    aligned = []
-    for i, frame in enumerate(frames):
+    _, probs = aligned_probabilities({f"predictions[{i}]": frame for i, frame in enumerate(frames)})
+    ensemble = frames[0].copy()
+    ensemble[list(SEVERITY_COLUMNS)] = np.mean(list(probs.values()), axis=0)
+    return ensemble
+
+
+def aligned_probabilities(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The first frame's rows (indexed by row_id) and every frame's probabilities in that row order; ValueError
+    when a frame does not hold the same rows with the same true grades."""
+    (first, base), *_ = ((name, frame.set_index("row_id")) for name, frame in frames.items())
+    probs = {}
+    for name, frame in frames.items():
         indexed = frame.set_index("row_id")
         if set(indexed.index) != set(base.index) or not indexed.loc[base.index, "severity"].equals(base["severity"]):
-            raise ValueError(f"predictions[{i}] does not hold the same rows and true grades as predictions[0].")
-        aligned.append(indexed.loc[base.index, list(SEVERITY_COLUMNS)].to_numpy())
-    ensemble = frames[0].copy()
-    ensemble[list(SEVERITY_COLUMNS)] = np.mean(aligned, axis=0)
-    return ensemble
+            raise ValueError(f"{name} does not hold the same rows and true grades as {first}.")
+        probs[name] = indexed.loc[base.index, list(SEVERITY_COLUMNS)].to_numpy()
+    return base, probs
 
 

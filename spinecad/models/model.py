@@ -74,12 +74,14 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointError(f"config.json has unknown fields: {', '.join(unknown)}.")
-        if "backbone" not in values:
-            raise CheckpointError("config.json does not name a backbone.")
-        if "format" not in values:
-            warn_once(logger, f"config.json of {values['backbone'].get('name')!r} states no format; read as {FORMAT}.")
-        elif values["format"] != FORMAT:
+        if not isinstance(values.get("backbone"), dict):
+            raise CheckpointError("config.json does not describe a backbone (an object with its registry row).")
+        if values.get("format", FORMAT) != FORMAT:
             raise CheckpointError(f"config.json has format {values.get('format')!r}; this version reads {FORMAT!r}.")
+        defaulted = sorted(known - {"backbone", "familiarity"} - set(values))
+        if defaulted:
+            warn_once(logger, f"config.json of {values['backbone'].get('name')!r} has no {', '.join(defaulted)}; "
+                              "the defaults are used.")
         head = {name: values.pop(name) for name in _HEAD_FIELDS if name in values}
         if "hidden_dims" in head:
             head["hidden_dims"] = tuple(head["hidden_dims"])

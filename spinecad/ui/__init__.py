@@ -8,7 +8,6 @@ Nothing outside this package imports it: the library below knows no screen, and 
 
 from __future__ import annotations
 
-import logging
 from importlib.resources import files
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from spinecad.inference.predictor import Predictor
 from spinecad.ui import text as ui_text
 from spinecad.ui.compare_tab import CompareTab
 from spinecad.ui.predict_tab import PredictTab
-
-logger = logging.getLogger(__name__)
 
 CSS = files("spinecad.ui").joinpath("style.css").read_text(encoding="utf-8")
 QUEUE_SIZE = 32

@@ -104,9 +104,10 @@ class PredictTab:
 
     def views(self, analysis: SliceAnalysis | None, level: str) -> dict:
         """The result views for one level, read from a stored analysis: no model runs."""
-        if analysis is None:
+        if analysis is None:  # nothing to show: every view is emptied, none keeps an earlier slice's result
             return {self.headline: ui_text.RESULT_PLACEHOLDER, self.warnings: "",
-                    self.results_box: gr.Column(visible=False)}
+                    self.results_box: gr.Column(visible=False), self.probability_plot: None, self.table: None,
+                    self.grid_plot: None, self.result_json: None}
         result = analysis.to_dict(level)
         grade, probability = analysis.ensemble_grade(level)
         headline = ui_text.headline_markdown(level, grade, probability, analysis.agreeing_models(level),
@@ -160,9 +161,9 @@ class PredictTab:
                 ui_text.HEATMAP_PLACEHOLDER, **self.views(analysis, level)}
 
     def _refused(self, error: gr.Error) -> dict:
-        return {self.state: None, self.preview: ui_text.PREVIEW_PLACEHOLDER, self.upload: None,
-                self.headline: f"### ✖ Cannot grade this file\n\n{error.message}", self.warnings: "",
-                self.results_box: gr.Column(visible=False), self.heatmaps: ui_text.HEATMAP_PLACEHOLDER}
+        return {**self.views(None, DEFAULT_LEVEL), self.state: None, self.preview: ui_text.PREVIEW_PLACEHOLDER,
+                self.upload: None, self.headline: f"### ✖ Cannot grade this file\n\n{error.message}",
+                self.heatmaps: ui_text.HEATMAP_PLACEHOLDER}
 
     def render(self) -> None:
         """Lay the tab out and wire its events (call inside ``gr.Tab``)."""
