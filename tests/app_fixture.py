@@ -28,12 +28,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from spinecad.evaluation import metrics
 from spinecad.evaluation import store as evaluation
+from spinecad.inference.familiarity import Familiarity, fit_familiarity, kept_channels
 from spinecad.inference.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
+from spinecad.models.calibration import temperature_scaled
 from spinecad.models.model import HeadConfig, SpineCADModel
+from spinecad.models.preprocess import slice_to_tensor
 from spinecad.models.registry import CPU_PROFILE, CPU_SUFFIX
+from train.phantom import render_axial_scene
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_TITLE = "Test fixture (random weights)"
@@ -52,14 +55,33 @@ def write_fixture_set(root: Path, *, n_studies: int = 24, n_boot: int = 50) -> P
     for spec, temperature in zip(CPU_PROFILE, FIXTURE_TEMPERATURES, strict=True):
         key = spec.name.removesuffix(CPU_SUFFIX)
         model = SpineCADModel.build(spec.name, HeadConfig(level_dim=64, hidden_dims=(128, 64)),
-                                     temperature=temperature)
+                                     temperature=temperature).eval()
+        familiarity = phantom_familiarity(model)
+        model.config.familiarity = familiarity.config()
         model.save_pretrained(root / key)
+        familiarity.save(root / key)
         entries.append(ManifestEntry(key=key, name=spec.display_name, path=key))
     write_fixture_evaluation(root / "evaluation", [(e.key, e.name) for e in entries], n_studies, n_boot)
     # Written last: its presence means the whole set is there.
     write_manifest(Manifest(tuple(entries), title=FIXTURE_TITLE, demo=True, evaluation="evaluation"),
                    root / "manifest.json")
     return root / "manifest.json"
+
+
+def phantom_familiarity(model: SpineCADModel, n_per_grade: int = 24) -> Familiarity:
+    """Familiarity statistics of a (random) model's features on phantom axial slices, as python -m train fits them
+    on its training split, so that the fixture app tells a phantom from anything else."""
+    rng = np.random.default_rng(11)
+    pixels, labels = [], []
+    for _ in range(n_per_grade):
+        for grade in range(len(SEVERITIES)):
+            scene = render_axial_scene(grade, rng, 128).pixels.astype(np.float32)
+            pixels.append(np.clip(scene / np.percentile(scene, 99.5), 0, 1))  # about what the reader's window gives
+            labels.append(grade)
+    with torch.inference_mode():
+        maps = torch.cat([model.backbone.features_with_map(slice_to_tensor(p, model.data_config))[1] for p in pixels])
+    train = torch.arange(len(labels)) % 4 != 0
+    return fit_familiarity([maps[train]], [maps[~train]], kept_channels(maps.shape[1]))
 
 
 def write_manifest_with_missing_model(root: Path) -> Path:
@@ -91,7 +113,7 @@ def write_fixture_evaluation(root: Path, models: list[tuple[str, str]], n_studie
             })
             temperature = FIXTURE_TEMPERATURES[skill % len(FIXTURE_TEMPERATURES)]
             frames.append(frame)
-            calibrated.append(metrics.temperature_scaled(probs, temperature))
+            calibrated.append(temperature_scaled(probs, temperature))
             evaluation.write_split_evaluation(root, key, split, frame, n_boot=n_boot, calibrated_probs=calibrated[-1],
                                               temperature=temperature, calibration_method="fixture temperature")
         evaluation.write_split_evaluation(root, evaluation.ENSEMBLE_KEY, split, evaluation.mean_ensemble(frames),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import shutil
 from pathlib import Path
 
@@ -19,11 +20,11 @@ from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from spinecad.evaluation.metrics import temperature_scaled
 from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import LEVELS, SEVERITIES
+from spinecad.models.calibration import temperature_scaled
 from tests.app_fixture import FIXTURE_TEMPERATURES, MISSING_MODEL
-from tests.conftest import EXAMPLES_DIR
+from tests.conftest import EXAMPLES_DIR, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +62,9 @@ def _check_shape(result: dict, level: str) -> None:
         assert values["grade"] == SEVERITIES[int(np.argmax(probs))]
     for values in result["models"].values():
         assert values["latency_ms"] >= 0.0 and isinstance(values["from_cache"], bool)
+        assert isinstance(values["familiar"], bool) and values["familiar"] == (values["familiarity"] <= 1.0)
+    assert result["unfamiliar"] == (sum(not v["familiar"] for v in result["models"].values()) > 3)
+    assert isinstance(result["models_split"], bool)
     assert 0.0 <= result["ensemble"]["agreement"] <= 1.0
     assert set(result["all_levels"]) == {*MODEL_NAMES, ENSEMBLE}
     assert all(list(grades) == list(LEVELS) for grades in result["all_levels"].values())
@@ -99,7 +103,16 @@ def test_a_level_switch_reuses_the_cached_backbone_features(client, tmp_path):
 
 def test_a_sagittal_slice_comes_with_a_warning(client, upload_copy):
     result = client.predict(handle_file(upload_copy("sagittal.dcm")), "L4/L5", api_name="/predict")
-    assert len(result["warnings"]) == 1 and "sagittal, not axial" in result["warnings"][0]
+    assert "sagittal, not axial" in result["warnings"][0]
+
+
+def test_an_image_unlike_the_training_images_is_called_unfamiliar_by_the_ensemble(client, tmp_path):
+    path = tmp_path / "holiday.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(path)
+    result = client.predict(handle_file(path), "L4/L5", api_name="/predict")
+    _check_shape(result, "L4/L5")
+    assert result["unfamiliar"] is True
+    assert any("have not seen images like this" in warning for warning in result["warnings"])
 
 
 @pytest.mark.parametrize(("content", "name", "message"), [
@@ -191,3 +204,46 @@ def test_a_refused_file_empties_every_view_the_previous_result_filled(demo_predi
     assert set(good) <= set(refused) and set(good) <= set(shown)  # nothing keeps the earlier slice's result
     assert all(refused[c] is None for c in (tab.result_json, tab.table, tab.probability_plot, tab.grid_plot))
     assert "No file was uploaded." in refused[tab.headline]
+
+
+PAPER = REPO.parent / "shared" / "PAPER.md"
+
+
+def paper_table_2() -> dict[tuple[str, str], dict[str, str]]:
+    """The paper's appendix Table 2 as it is printed: (group, metric) -> paper column -> value text."""
+    lines = PAPER.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Metric\tBEiT"))
+    columns = lines[start].split("\t")[1:]
+    groups = {"Overall Performance": "Overall", "Normal/Mild Class": "Normal/Mild", "Moderate Class": "Moderate",
+              "Severe Class": "Severe"}
+    table, group = {}, None
+    for line in lines[start + 1:]:
+        if line.startswith("Table 2"):
+            break
+        cells = [re.sub(r"</?b>", "", cell).strip() for cell in line.split("\t")]
+        if cells[0] in groups:
+            group = groups[cells[0]]
+        elif len(cells) == len(columns) + 1:
+            table[(group, cells[0])] = dict(zip(columns, cells[1:], strict=True))
+    return table
+
+
+def test_the_compare_tab_shows_every_value_of_the_papers_table_2_exactly(client):
+    if not PAPER.is_file():
+        pytest.skip(f"{PAPER} is not beside this checkout")
+    expected = paper_table_2()
+    assert len(expected) == 20
+    component = next(c for c in client.config["components"] if c["props"].get("elem_id") == "paper-table")
+    value = component["props"]["value"]
+    headers, rows = value["headers"], value["data"]
+    names = {"BEiT": "BEiT-B", "ViT": "ViT-B/16", "ResNet": "ResNet-152", "ConvNeXt": "ConvNeXt-B",
+             "EfficientNet": "EfficientNetV2-M", "Swin": "Swin-B"}
+    group = None
+    shown = {}
+    for row in rows:
+        group = row[0] or group
+        shown[(group, row[1])] = {column: str(cell).strip("*") for column, cell in zip(headers[2:], row[2:],
+                                                                                        strict=True)}
+    assert set(shown) == set(expected)
+    for key, values in expected.items():
+        assert {paper: shown[key][f"{names[paper]} (paper)"] for paper in values} == values, key

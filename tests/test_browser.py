@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -102,13 +103,13 @@ def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path
     page.locator("#probability-plot .js-plotly-plot svg").first.wait_for()
     page.locator("#grade-grid .js-plotly-plot svg").first.wait_for()
     assert page.locator("#slice-preview img").get_attribute("src").startswith("data:image/png;base64,")
-    assert page.locator("#headline").inner_text().startswith("L4/L5:")
+    assert "L4/L5:" in page.locator("#headline").inner_text()
 
     page.locator("#level-picker").get_by_text("L2/L3").click()
-    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L2/L3:')")
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('L2/L3:')")
 
     page.locator("#level-picker").get_by_text("L4/L5").click()
-    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('L4/L5:')")
 
     # Explain: one heatmap per model, side by side, computed only on request.
     assert page.locator("#heatmap-gallery img").count() == 0
@@ -138,7 +139,7 @@ def test_predict_tab_grades_an_uploaded_slice(page, app, artifacts_dir, tmp_path
     page.locator("#level-picker").get_by_text("L3/L4").click()
     page.wait_for_function("() => document.querySelectorAll('#heatmap-gallery img').length === 0")
     page.locator("#level-picker").get_by_text("L4/L5").click()
-    page.wait_for_function("() => document.querySelector('#headline').innerText.startsWith('L4/L5:')")
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('L4/L5:')")
 
 
 def test_an_example_with_a_warning_shows_it_beside_the_result(page):
@@ -146,6 +147,20 @@ def test_an_example_with_a_warning_shows_it_beside_the_result(page):
     page.wait_for_function("() => document.querySelector('#slice-warnings').innerText.includes('sagittal')")
     page.get_by_text("Severe · DICOM [Severe]").click()
     page.wait_for_function("() => document.querySelector('#slice-warnings').innerText.trim() === ''")
+
+
+def test_an_unfamiliar_upload_is_called_so_above_the_grades_and_a_phantom_example_is_not(page, tmp_path):
+    noise = tmp_path / "holiday-photo.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (160, 160, 3), dtype=np.uint8)).save(noise)
+    page.set_input_files("#slice-upload input[type=file]", noise)
+    page.wait_for_function("() => document.querySelector('#headline').innerText.includes('have not seen images')")
+    headline = page.locator("#headline").inner_text()
+    assert headline.index("have not seen images like this") < headline.index("L4/L5:")  # the warning comes first
+    assert "not meaningful" in page.locator("#slice-warnings").inner_text()
+    page.get_by_text("Normal/Mild · PNG [Normal/Mild]").click()
+    page.wait_for_function("() => !document.querySelector('#headline').innerText.includes('have not seen images')"
+                           " && document.querySelector('#headline').innerText.includes('L4/L5:')")
+    assert "not meaningful" not in page.locator("#slice-warnings").inner_text()
 
 
 def test_an_unreadable_upload_is_explained_in_the_result_area(page, tmp_path):

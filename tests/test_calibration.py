@@ -9,11 +9,14 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss
 
+from spinecad import ui
 from spinecad.evaluation import metrics
 from spinecad.evaluation import store as evaluation
 from spinecad.inference.manifest import read_manifest
 from spinecad.labels import SEVERITIES, SEVERITY_COLUMNS
+from spinecad.models.calibration import temperature_scaled
 from spinecad.models.model import SpineCADModel
 from tests.conftest import DEMO_MANIFEST
 from train.calibrate import TEMPERATURE_BOUNDS, fit_temperature, negative_log_likelihood
@@ -67,12 +70,12 @@ def test_fit_stays_in_bounds_and_needs_two_grades():
 def test_temperature_scaling_keeps_every_grade():
     probs = softmax(np.random.default_rng(0).normal(scale=2.0, size=(200, 3)))
     for temperature in (0.3, 1.0, 4.0):
-        scaled = metrics.temperature_scaled(probs, temperature)
+        scaled = temperature_scaled(probs, temperature)
         np.testing.assert_allclose(scaled.sum(axis=1), 1.0)
         assert (scaled.argmax(axis=1) == probs.argmax(axis=1)).all()
-    np.testing.assert_allclose(metrics.temperature_scaled(probs, 1.0), probs, atol=1e-12)
+    np.testing.assert_allclose(temperature_scaled(probs, 1.0), probs, atol=1e-12)
     with pytest.raises(ValueError, match="positive"):
-        metrics.temperature_scaled(probs, 0.0)
+        temperature_scaled(probs, 0.0)
 
 
 # ---- the committed demo set ------------------------------------------------------------------------------------
@@ -96,7 +99,7 @@ def test_stored_ece_and_reliability_match_a_direct_computation(split):
     for key in DEMO_KEYS:
         y_true, probs = stored(key, split)
         document = evaluation.load_metrics(DEMO_ROOT, key, split).calibration
-        scaled = metrics.temperature_scaled(probs, document.calibrated.temperature)
+        scaled = temperature_scaled(probs, document.calibrated.temperature)
         calibrated.append(scaled)
         assert document.ece == pytest.approx(direct_ece(y_true, probs), abs=1e-9)
         assert document.calibrated.ece == pytest.approx(direct_ece(y_true, scaled), abs=1e-5)
@@ -104,24 +107,41 @@ def test_stored_ece_and_reliability_match_a_direct_computation(split):
         expected = metrics.reliability_curve(y_true, scaled)
         assert curves.reliability_calibrated.count == expected["count"]
         np.testing.assert_allclose(curves.reliability_calibrated.observed, expected["observed"])
-    # The ensemble's calibrated view is the mean of its models' calibrated probabilities.
+    # The ensemble's calibrated view: its own temperature (fitted on validation) over the mean of its models'
+    # calibrated probabilities, and that mean before it.
     y_true, _ = stored("ensemble", split)
     ensemble = evaluation.load_metrics(DEMO_ROOT, "ensemble", split).calibration.calibrated
-    assert ensemble.temperature is None
-    assert ensemble.ece == pytest.approx(direct_ece(y_true, np.mean(calibrated, axis=0)), abs=1e-5)
+    mean = np.mean(calibrated, axis=0)
+    assert ensemble.base_ece == pytest.approx(direct_ece(y_true, mean), abs=1e-5)
+    assert ensemble.ece == pytest.approx(direct_ece(y_true, temperature_scaled(mean, ensemble.temperature)), abs=1e-5)
+    assert ensemble.log_loss == pytest.approx(log_loss(y_true, y_proba=temperature_scaled(mean, ensemble.temperature),
+                                                       labels=[0, 1, 2]), abs=1e-6)
 
 
-def test_the_predictor_applies_the_stored_temperature_only_when_asked(demo_predictor):
-    predictor = demo_predictor
+def test_the_ensemble_temperature_is_the_validation_fit_and_lowers_test_ece_and_log_loss():
+    y_val, _ = stored("ensemble", "val")
+    mean = np.mean([temperature_scaled(stored(key, "val")[1], evaluation.load_metrics(
+        DEMO_ROOT, key, "val").calibration.calibrated.temperature) for key in DEMO_KEYS], axis=0)
+    document = evaluation.load_metrics(DEMO_ROOT, "ensemble", "test").calibration.calibrated
+    assert document.temperature == pytest.approx(fit_temperature(np.log(mean), y_val), rel=1e-3)
+    assert document.ece < document.base_ece and document.log_loss < document.base_log_loss
+
+
+def test_the_predictor_applies_the_stored_temperatures_only_when_asked():
+    predictor, problem = ui.load_predictor(DEMO_MANIFEST)
+    ensemble_temperature = evaluation.load_metrics(DEMO_ROOT, "ensemble", "val").calibration.calibrated.temperature
+    assert problem is None and predictor.ensemble_temperature == ensemble_temperature != 1.0
     pixels = np.random.default_rng(5).random((96, 96)).astype(np.float32)
     raw, calibrated = predictor.predict(pixels), predictor.predict(pixels, calibrated=True)
     assert not raw.calibrated and calibrated.calibrated
     assert all(output.from_cache for output in calibrated.outputs)  # the switch costs only the heads
     for loaded, before, after in zip(predictor.models, raw.outputs, calibrated.outputs, strict=True):
         temperature = loaded.model.config.temperature
-        np.testing.assert_allclose(after.probs, metrics.temperature_scaled(before.probs, temperature), atol=1e-5)
+        np.testing.assert_allclose(after.probs, temperature_scaled(before.probs, temperature), atol=1e-5)
         assert (after.probs.argmax(axis=1) == before.probs.argmax(axis=1)).all()
-    np.testing.assert_allclose(calibrated.ensemble, np.mean([o.probs for o in calibrated.outputs], axis=0))
+    np.testing.assert_allclose(calibrated.ensemble, temperature_scaled(
+        np.mean([o.probs for o in calibrated.outputs], axis=0), ensemble_temperature), atol=1e-9)
+    np.testing.assert_allclose(raw.ensemble, np.mean([o.probs for o in raw.outputs], axis=0))
     assert calibrated.to_dict("L4/L5")["calibrated"] is True
 
 

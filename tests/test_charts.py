@@ -159,6 +159,28 @@ def test_headline_reads_as_one_sentence():
     assert ui_text.headline_markdown("L1/L2", "Moderate", 0.5, 4, 6).endswith("4 of 6 models agree.")
 
 
+
+def test_the_headline_says_when_not_to_trust_it_before_it_names_a_grade():
+    unfamiliar = ui_text.headline_markdown("L4/L5", "Severe", 0.9, 6, 6, unfamiliar=True)
+    split = ui_text.headline_markdown("L4/L5", "Moderate", 0.4, 2, 6, split=True)
+    assert unfamiliar.index("have not seen images like this") < unfamiliar.index("**Severe**")
+    assert split.index("no grade has a majority") < split.index("**Moderate**")
+    assert "⚠️" not in ui_text.headline_markdown("L4/L5", "Severe", 0.9, 6, 6)
+
+
+def test_models_are_split_when_no_grade_has_a_majority():
+    def prediction(grades: list[int]) -> Prediction:
+        outputs = [ModelOutput(str(k), str(k), np.tile(np.eye(3)[g], (len(LEVELS), 1)), 1.0, False,
+                               familiarity=0.5 + k) for k, g in enumerate(grades)]
+        return Prediction(outputs, np.mean([o.probs for o in outputs], axis=0), device="cpu")
+
+    assert prediction([0, 0, 1, 1, 2, 2]).split("L4/L5") and not prediction([0, 0, 0, 0, 1, 2]).split("L4/L5")
+    assert prediction([0, 0, 1, 1, 2, 2]).split("L4/L5") is True
+    assert not prediction([0, 0, 0, 1]).split(0) and prediction([0, 0, 1, 1]).split(0)  # a tie is no majority
+    # familiarity 0.5, 1.5, 2.5, ...: models 1 and up are past their thresholds, so most of them say unfamiliar.
+    assert prediction([0, 1, 2]).unfamiliar is True and prediction([0, 1]).unfamiliar is False
+
+
 # ---- Compare tab ---------------------------------------------------------------------------------------------
 
 def test_shown_models_are_the_loaded_ones_and_the_ensemble(evaluation_root):
@@ -171,9 +193,8 @@ def test_metrics_table_has_the_paper_rows_and_an_interval_per_cell(evaluation_ro
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
     table = metrics_table(columns)
     assert list(table.columns) == ["Group", "Metric", "ViT-B/16", "Ensemble (mean)"]
-    assert len(table) == 5 + 5 * len(SEVERITIES) + 3 + 3  # overall, per grade, RSNA metric, calibration
+    assert len(table) == 5 + 5 * len(SEVERITIES) + 3 + 5  # overall, per grade, RSNA metric, calibration
     assert list(table["Group"][table["Group"] != ""]) == ["Overall", *SEVERITIES, RSNA_GROUP, "Calibration"]
-    assert len(table) == 5 + 5 * len(SEVERITIES) + 3 + 3  # overall, per grade, RSNA metric, calibration
     document = evaluation.load_metrics(evaluation_root, "vit_b16", "test")
     groups = table["Group"].replace("", np.nan).ffill()
     by_row = dict(zip(zip(groups, table["Metric"], strict=True), table["ViT-B/16"], strict=True))
@@ -181,18 +202,20 @@ def test_metrics_table_has_the_paper_rows_and_an_interval_per_cell(evaluation_ro
     assert by_row[("Overall", "Macro ROC-AUC")] == (f"{document.metrics.macro_roc_auc:.3f} "
                                                     f"[{roc.low:.3f}, {roc.high:.3f}]")
     assert by_row[("Severe", "F1-Score")].startswith(f"{document.metrics.per_class['Severe'].f1:.3f} [")
-    assert all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell) for cell in table["ViT-B/16"][:-3])
+    assert all(re.fullmatch(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", cell) for cell in table["ViT-B/16"][:-5])
     assert two_line_cells(table).loc[0, "ViT-B/16"].count("<br><small>") == 1
 
 
 def test_metrics_table_ends_with_ece_before_and_after_temperature_scaling(evaluation_root):
     columns = comparison.load_columns(evaluation_root, "test", ["vit_b16", "ensemble"])
-    calibration = metrics_table(columns).tail(3)
-    assert list(calibration["Metric"]) == ["ECE, raw", "ECE, calibrated", "Temperature"]
+    calibration = metrics_table(columns).tail(5)
+    assert list(calibration["Metric"]) == ["ECE, raw", "ECE, calibrated", "Log loss, raw", "Log loss, calibrated",
+                                           "Temperature"]
     document = evaluation.load_metrics(evaluation_root, "vit_b16", "test").calibration
     assert list(calibration["ViT-B/16"]) == [f"{document.ece:.3f}", f"{document.calibrated.ece:.3f}",
+                                             f"{document.log_loss:.3f}", f"{document.calibrated.log_loss:.3f}",
                                              f"{document.calibrated.temperature:.2f}"]
-    assert list(calibration["Ensemble (mean)"])[2] == "per model"
+    assert list(calibration["Ensemble (mean)"])[4] == "per model"  # the fixture's ensemble has no temperature
 
 
 def test_outside_predictions_are_scored_like_the_stored_ones(evaluation_root):

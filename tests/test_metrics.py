@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
@@ -13,6 +16,7 @@ from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
     f1_score,
+    log_loss,
     precision_recall_fscore_support,
     precision_score,
     recall_score,
@@ -21,8 +25,13 @@ from sklearn.metrics import (
 )
 from sklearn.preprocessing import label_binarize
 
-from spinecad.evaluation import bootstrap, metrics
-from spinecad.labels import SEVERITIES
+from spinecad.evaluation import bootstrap, metrics, store
+from spinecad.evaluation.scoring import load_canal_labels
+from spinecad.inference.manifest import read_manifest
+from spinecad.labels import LEVEL_KEYS, LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
+from tests.conftest import DEMO_MANIFEST
+
+DEMO_ROOT = read_manifest(DEMO_MANIFEST).evaluation_dir
 
 
 def fake_predictions(seed: int, n_studies: int = 60, levels: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -222,7 +231,61 @@ def test_reliability_curve_is_sklearns_calibration_curve(predictions):
     assert sum(curve["count"]) == len(y) and len(curve["count"]) == len(observed)
 
 
-def test_bootstrap_of_two_thousand_rows_is_fast():
-    study_ids, y, probs = fake_predictions(seed=1, n_studies=400)
-    intervals = bootstrap.bootstrap_intervals(study_ids, y, probs, n_boot=1000, seed=0)
-    assert intervals["overall"]["accuracy"]["n_valid"] == 1000
+# ---- The RSNA 2024 competition metric ------------------------------------------------------------------------
+
+def competition_canal_score(solution: pd.DataFrame, submission: pd.DataFrame) -> tuple[float, float, float]:
+    """The canal part of the competition's metric, written as its published scoring code is: one-hot grades,
+    sample weights 1/2/4, sklearn's log_loss per condition, and the any-severe term over each study's maxima."""
+    levels = ["normal_mild", "moderate", "severe"]
+    solution = solution.copy()
+    solution[levels] = np.eye(3)[solution["severity"].map(SEVERITIES.index).to_numpy()]
+    solution["sample_weight"] = solution["severity"].map({"Normal/Mild": 1, "Moderate": 2, "Severe": 4})
+    submission = submission.set_index("row_id").loc[solution["row_id"]].reset_index()
+    submission[levels] = submission[levels].div(submission[levels].sum(axis=1), axis=0)
+    submission["study_id"] = solution["study_id"].to_numpy()
+    canal = log_loss(solution[levels].to_numpy(), y_proba=submission[levels].to_numpy(),
+                     sample_weight=solution["sample_weight"].to_numpy())
+    labels = solution.groupby("study_id")["severe"].max()
+    weights = solution.groupby("study_id")["sample_weight"].max()
+    predictions = submission.groupby("study_id")["severe"].max()
+    any_severe = log_loss(labels.to_numpy(), y_proba=predictions.loc[labels.index].to_numpy(),
+                          sample_weight=weights.to_numpy(), labels=[0, 1])
+    return canal, any_severe, float(np.average([canal, any_severe], weights=[1, 1]))
+
+
+def _stored_and_direct(frame: pd.DataFrame) -> tuple[tuple, tuple]:
+    y = frame["severity"].map(SEVERITIES.index).to_numpy()
+    result = metrics.compute_metrics(y, frame[list(SEVERITY_COLUMNS)].to_numpy(), frame["study_id"].to_numpy())
+    ours = tuple(result[name] for name in metrics.RSNA_METRICS)
+    return ours, competition_canal_score(frame, frame[["row_id", *SEVERITY_COLUMNS]])
+
+
+def test_the_rsna_metric_equals_the_competitions_own_computation_on_the_demo_predictions():
+    for key in ("resnet152-cpu", "ensemble"):
+        for split in ("val", "test"):
+            frame = store.load_predictions(DEMO_ROOT, key, split)
+            ours, direct = _stored_and_direct(frame)
+            np.testing.assert_allclose(ours, direct, rtol=0, atol=1e-9)
+            stored = store.load_metrics(DEMO_ROOT, key, split).metrics
+            np.testing.assert_allclose([stored.value(name) for name in metrics.RSNA_METRICS], direct, atol=1e-9)
+
+
+def test_the_rsna_metric_of_a_random_kaggle_file_through_train_score(tmp_path):
+    rng = np.random.default_rng(4)
+    studies = 5_000_000 + np.arange(40)
+    labels = pd.DataFrame({"study_id": studies, **{
+        f"spinal_canal_stenosis_{key}": rng.choice(SEVERITIES, size=len(studies), p=[0.7, 0.2, 0.1])
+        for key in LEVEL_KEYS}})
+    labels.iloc[3, 2] = None  # an unlabelled level is not scored
+    labels.to_csv(tmp_path / "train.csv", index=False)
+    rows = [row_id(study, level) for study in studies for level in LEVELS]
+    submission = pd.DataFrame({"row_id": rows, **dict(zip(SEVERITY_COLUMNS, rng.random((3, len(rows))) * 3,
+                                                          strict=True))})
+    submission.to_csv(tmp_path / "submission.csv", index=False)
+    completed = subprocess.run([sys.executable, "-m", "train", "score", "--data-dir", str(tmp_path),
+                                "--predictions", str(tmp_path / "submission.csv")],
+                               capture_output=True, text=True, timeout=300, check=True)
+    printed = json.loads(completed.stdout)
+    solution = load_canal_labels(tmp_path / "train.csv")
+    direct = competition_canal_score(solution, submission)
+    assert [printed[name] for name in metrics.RSNA_METRICS] == pytest.approx(direct, abs=1e-9)

@@ -67,11 +67,13 @@ def test_outputs_are_complete_and_valid(demo_run):
     assert manifest.demo and [e.key for e in manifest.models] == ["beit_b-cpu", "resnet152-cpu"]
     for entry in manifest.models:
         folder = demo_run / entry.path
-        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+        assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "familiarity.safetensors",
+                                                            "model.safetensors"]
         card = (folder / "README.md").read_text()
         assert "## Metrics" in card and "validation macro-F1" in card and "synthetic phantoms" in card
         config = json.loads((folder / "config.json").read_text())
         assert config["training"]["selection"] == "validation macro-F1" and config["training"]["demo"] is True
+        assert config["familiarity"]["threshold"] > 0 and config["familiarity"]["quantile"] == 0.99
         history = pd.read_csv(demo_run / "evaluation" / entry.key / "history.csv")
         assert len(history) == 24 and config["training"]["best_epoch"] == int(history["val_macro_f1"].idxmax()) + 1
         # The temperature fitted on validation is stored with the weights and reported beside the raw ECE.

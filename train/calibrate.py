@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 METHOD = "temperature scaling fitted on the validation split (NLL)"
-ENSEMBLE_METHOD = "mean of the models' temperature-scaled probabilities"
+ENSEMBLE_METHOD = ("mean of the models' temperature-scaled probabilities, then temperature scaling of that mean "
+                   "fitted on the validation split (NLL)")
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:

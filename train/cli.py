@@ -79,6 +79,9 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     parser.add_argument("--skip-evaluation", action="store_true",
                         help="train only (e.g. one model per GPU in parallel); evaluate later without it")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="evaluate the checkpoints already in --output-dir (no training): temperatures, "
+                             "familiarity statistics and every artefact are written anew")
     parser.add_argument("--push-to-hub", metavar="ORG", help="create/update one model repo per backbone under ORG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
@@ -110,7 +113,7 @@ def _train(argv: list[str]) -> int:
                "n_val": int((data.rows["split"] == "val").sum())},
         fingerprint=data.fingerprint(),
     )
-    for spec in specs:
+    for spec in specs if not args.evaluate_only else ():
         outcome = train_model(spec, recipe, training, output_dir, device=devices[spec.name],
                               progress=not args.no_progress)
         print(f"[{spec.name}] best epoch {outcome.best_epoch} (validation macro-F1 {outcome.best_score:.3f})")

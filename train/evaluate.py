@@ -25,13 +25,15 @@ from spinecad.evaluation.store import (
     write_split_evaluation,
     write_summary,
 )
+from spinecad.inference.familiarity import fit_familiarity, kept_channels
 from spinecad.inference.manifest import Manifest, ManifestEntry, write_manifest
 from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import SEVERITY_COLUMNS, row_id
+from spinecad.models.calibration import temperature_scaled
 from spinecad.models.model import SpineCADModel
 from spinecad.models.registry import PROFILES
 from train.calibrate import ENSEMBLE_METHOD, METHOD, fit_temperature
-from train.loop import predict_logits, save_checkpoint
+from train.loop import feature_maps, predict_logits, save_checkpoint
 from train.pipeline import PreparedData
 
 SIGNIFICANCE_SPLIT = "test"
@@ -76,12 +78,16 @@ def evaluate_run(
     raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVALUATED_SPLITS}
     calibrated: dict[str, list[np.ndarray]] = {split: [] for split in EVALUATED_SPLITS}
     results: dict[str, dict[str, Metrics]] = {}
-    datasets = {split: data.dataset(split) for split in EVALUATED_SPLITS}
+    datasets = {split: data.dataset(split) for split in ("train", *EVALUATED_SPLITS)}
     val_labels = datasets["val"].labels.numpy()
     for key, model in models:
         model.to(device)
         logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVALUATED_SPLITS}
         model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
+        first = next(feature_maps(model, datasets["val"], device, batch_size=1))
+        familiarity = fit_familiarity(feature_maps(model, datasets["train"], device),
+                                      feature_maps(model, datasets["val"], device), kept_channels(first.shape[1]))
+        model.config.familiarity = familiarity.config()
         results[key] = {}
         for split in EVALUATED_SPLITS:
             frame = predictions_frame(data, split, softmax(logits[split], axis=1))
@@ -91,15 +97,21 @@ def evaluate_run(
             results[key][split] = write_split_evaluation(
                 root, key, split, frame, n_boot=n_boot, calibrated_probs=scaled,
                 temperature=model.config.temperature, calibration_method=METHOD).metrics
-        save_checkpoint(model.cpu(), output_dir / key, metrics=results[key])  # card: metrics; config: temperature
+        # The card gets the metrics; config.json the temperature and the familiarity threshold.
+        save_checkpoint(model.cpu(), output_dir / key, metrics=results[key], familiarity=familiarity)
         log(f"[{key}] test macro-F1 {results[key]['test'].macro_f1:.3f}, "
             f"accuracy {results[key]['test'].accuracy:.3f}, temperature {model.config.temperature:.3f}")
+    # Averaging calibrated models leaves the mean under-confident: one more temperature, fitted on validation.
+    mean_calibrated = {split: np.mean(calibrated[split], axis=0) for split in EVALUATED_SPLITS}
+    ensemble_temperature = round(fit_temperature(np.log(np.clip(mean_calibrated["val"], 1e-12, None)), val_labels), 6)
     results[ENSEMBLE_KEY] = {
         split: write_split_evaluation(root, ENSEMBLE_KEY, split, mean_ensemble(raw[split]), n_boot=n_boot,
-                                      calibrated_probs=np.mean(calibrated[split], axis=0),
-                                      calibration_method=ENSEMBLE_METHOD).metrics
+                                      calibrated_probs=temperature_scaled(mean_calibrated[split], ensemble_temperature),
+                                      temperature=ensemble_temperature, calibration_method=ENSEMBLE_METHOD,
+                                      base_calibrated_probs=mean_calibrated[split]).metrics
         for split in EVALUATED_SPLITS
     }
+    log(f"[{ENSEMBLE_KEY}] temperature {ensemble_temperature:.3f} on the mean of the calibrated models")
     entries = [EvaluatedModel(key=key, display_name=model.display_name) for key, model in models]
     write_summary(root, [*entries, EvaluatedModel(key=ENSEMBLE_KEY, display_name=ENSEMBLE)], EVALUATED_SPLITS,
                   demo=demo,

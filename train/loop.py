@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from spinecad.atomic import recover_directory, replace_directory
 from spinecad.evaluation.store import write_history
 from spinecad.inference.devices import autocast
+from spinecad.inference.familiarity import Familiarity
 from spinecad.labels import SEVERITIES
 from spinecad.models.model import ModelConfig, SpineCADModel
 from spinecad.models.registry import BackboneSpec
@@ -214,6 +215,16 @@ def predict_logits(
     return torch.cat(outputs).numpy().astype(np.float64), total_loss / max(len(dataset), 1)
 
 
+@torch.inference_mode()
+def feature_maps(model: SpineCADModel, dataset: SliceDataset, device: torch.device, *,
+                 batch_size: int = 64) -> Iterator[torch.Tensor]:
+    """The heatmap layer's feature maps (B, C, H, W) of every sample, batch by batch, as the predictor reads them."""
+    model.eval()
+    for images, _, _ in batches(dataset, batch_size):
+        with autocast(device):
+            yield model.backbone.features_with_map(model_batch(images, model.data_config).to(device))[1].float()
+
+
 def predict_probs(
     model: SpineCADModel, dataset: SliceDataset, device: torch.device, *, batch_size: int = 64,
     criterion: nn.Module | None = None,
@@ -223,8 +234,10 @@ def predict_probs(
     return softmax(logits / model.config.temperature, axis=1), loss
 
 
-def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None) -> None:
-    """Write the Hub-format checkpoint to a staging folder, then swap it in for ``target`` atomically."""
+def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None,
+                    familiarity: Familiarity | None = None) -> None:
+    """Write the Hub-format checkpoint (with its familiarity statistics, when given) to a staging folder, then swap
+    it in for ``target`` atomically."""
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     to_save = model
@@ -232,6 +245,8 @@ def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None 
         to_save = SpineCADModel(model.config)
         to_save.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     to_save.save_pretrained(staging, model_card_kwargs={"metrics": metrics} if metrics else None)
+    if familiarity is not None:
+        familiarity.save(staging)
     replace_directory(staging, target)
 
 

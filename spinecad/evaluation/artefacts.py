@@ -209,13 +209,18 @@ class Confusion(Artefact):
 
 class CalibratedECE(Artefact):
     method: str
-    temperature: Optional  # None for the ensemble (the mean of its models' calibrated probabilities)
+    temperature: Optional  # None: an ensemble's mean of calibrated models with no temperature of its own
     ece: Number
+    log_loss: Optional = None  # absent from files written before log losses were recorded
+    # For an ensemble with a temperature of its own: the mean of calibrated models it rescales, before it.
+    base_ece: Optional = None
+    base_log_loss: Optional = None
 
 
 class Calibration(Artefact):
     ece: Number
     n_bins: Count
+    log_loss: Optional = None  # absent from files written before log losses were recorded
     calibrated: CalibratedECE | None = None  # absent where no temperature was fitted
 
 

@@ -113,6 +113,7 @@ class _RsnaTerms:
 
     def __init__(self, study_ids: np.ndarray, y: np.ndarray, probs: np.ndarray) -> None:
         eps = np.finfo(float).eps  # scikit-learn's clipping
+        probs = probs / probs.sum(axis=1, keepdims=True)
         self.row_weight = np.asarray(RSNA_SAMPLE_WEIGHTS)[y]
         self.row_loss = -np.log(np.clip(probs[np.arange(len(y)), y], eps, 1 - eps))
         studies, first_row, row_study = np.unique(np.asarray(study_ids), return_index=True, return_inverse=True)

@@ -132,6 +132,7 @@ def rsna_canal_metric(study_ids: np.ndarray, y_true: np.ndarray, probs: np.ndarr
     ``rsna_canal_score``: their mean (the competition averages these two terms with those of the other conditions).
     """
     y, probs = _validated_inputs(y_true, probs)
+    probs = probs / probs.sum(axis=1, keepdims=True)  # as the competition's scoring does (sklearn warns otherwise)
     studies = np.asarray(study_ids)
     if studies.shape != y.shape:
         raise ValueError(f"study_ids must have one entry per row ({len(y)}); got shape {studies.shape}.")
@@ -224,14 +225,7 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
     return float(np.sum(counts / counts.sum() * gaps))
 
 
-def temperature_scaled(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """The probabilities a model gives once its logits are divided by ``temperature`` (temperature scaling).
-
-    log(p) equals the logits up to a constant per row, which softmax ignores, so probabilities suffice.
-    """
-    if not np.isfinite(temperature) or temperature <= 0:
-        raise ValueError(f"temperature must be a positive number; got {temperature!r}.")
-    logits = np.log(np.clip(np.asarray(probs, dtype=float), np.finfo(float).tiny, None)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    scaled = np.exp(logits)
-    return scaled / scaled.sum(axis=1, keepdims=True)
+def mean_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true grades (scikit-learn's log_loss, unweighted)."""
+    y, probs = _validated_inputs(y_true, probs)
+    return float(log_loss(y, y_proba=probs, labels=CLASS_IDS))

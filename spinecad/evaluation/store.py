@@ -131,12 +131,14 @@ def _read_split_json(path: Path, model: type[Document], model_key: str, split: s
 def write_split_evaluation(root: str | Path, model_key: str, split: str, predictions_df: pd.DataFrame,
                            n_boot: int = 1000, seed: int = 0, n_bins: int = 15, *,
                            calibrated_probs: np.ndarray | None = None, temperature: float | None = None,
-                           calibration_method: str = "") -> MetricsDocument:
+                           calibration_method: str = "",
+                           base_calibrated_probs: np.ndarray | None = None) -> MetricsDocument:
     """Validate one model's predictions on one split, compute its metrics and curves, write all three files.
 
     ``calibrated_probs`` (same rows, e.g. temperature-scaled) adds their ECE and reliability curve beside the raw
-    ones, with ``temperature`` (None for an ensemble) and ``calibration_method`` in words. Returns the metrics
-    document as written. Bad input raises ValueError naming the first bad row.
+    ones, with ``temperature`` and ``calibration_method`` in words; ``base_calibrated_probs`` are what that
+    temperature was applied to, when it rescales an ensemble's mean (their ECE and log loss are kept). Returns the
+    metrics document as written. Bad input raises ValueError naming the first bad row.
     """
     _split_dir(root, model_key, split)  # refuse a bad key or split before the work
     predictions = canonical_input(predictions_df, canonical_predictions, "predictions_df")
@@ -144,7 +146,8 @@ def write_split_evaluation(root: str | Path, model_key: str, split: str, predict
     probs = predictions[list(SEVERITY_COLUMNS)].to_numpy()
     study_ids = predictions["study_id"].to_numpy()
     header = {"schema_version": SCHEMA_VERSION, "model_key": model_key, "split": split}
-    calibration: dict = {"ece": metrics.expected_calibration_error(y_true, probs, n_bins), "n_bins": n_bins}
+    calibration: dict = {"ece": metrics.expected_calibration_error(y_true, probs, n_bins), "n_bins": n_bins,
+                         "log_loss": metrics.mean_log_loss(y_true, probs)}
     curves = {**header, "roc_pr": metrics.curve_points(y_true, probs),
               "reliability": metrics.reliability_curve(y_true, probs, n_bins)}
     if calibrated_probs is not None:
@@ -153,7 +156,12 @@ def write_split_evaluation(root: str | Path, model_key: str, split: str, predict
             raise ValueError(f"calibrated_probs has shape {calibrated.shape}; the predictions have {probs.shape}.")
         calibration["calibrated"] = {
             "method": calibration_method, "temperature": None if temperature is None else float(temperature),
-            "ece": metrics.expected_calibration_error(y_true, calibrated, n_bins)}
+            "ece": metrics.expected_calibration_error(y_true, calibrated, n_bins),
+            "log_loss": metrics.mean_log_loss(y_true, calibrated)}
+        if base_calibrated_probs is not None:
+            base = np.asarray(base_calibrated_probs, dtype=float)
+            calibration["calibrated"] |= {"base_ece": metrics.expected_calibration_error(y_true, base, n_bins),
+                                          "base_log_loss": metrics.mean_log_loss(y_true, base)}
         curves["reliability_calibrated"] = metrics.reliability_curve(y_true, calibrated, n_bins)
     document = MetricsDocument.model_validate({
         **header,

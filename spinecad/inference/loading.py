@@ -11,7 +11,9 @@ from pathlib import Path
 
 import huggingface_hub
 
+from spinecad.inference.familiarity import FAMILIARITY_FILE, Familiarity
 from spinecad.inference.manifest import Manifest, ManifestEntry
+from spinecad.logs import warn_once
 from spinecad.models.model import CONFIG_FILE, CheckpointError, SpineCADModel
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ class LoadedModel:
     model: SpineCADModel
     source: str  # e.g. "local: checkpoints/vit_b16" or "hub: org/repo@0123abc"
     note: str | None = None  # e.g. why the local copy was used instead of the Hub
+    familiarity: Familiarity | None = None  # None: the checkpoint has no statistics, so no unfamiliar-image flag
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,8 @@ def load_entry(manifest: Manifest, entry: ManifestEntry) -> LoadedModel:
         try:
             _require_cached_when_offline(entry)
             model = SpineCADModel.load(entry.repo_id, revision=entry.revision)
-            return LoadedModel(entry.key, entry.name, model, f"hub: {entry.repo_id}@{(entry.revision or '')[:12]}")
+            return LoadedModel(entry.key, entry.name, model, f"hub: {entry.repo_id}@{(entry.revision or '')[:12]}",
+                               familiarity=load_familiarity(entry.name, model, entry.repo_id, entry.revision))
         except CheckpointError as error:
             hub_problem = str(error)
             if local is None or not local.exists():
@@ -73,7 +77,28 @@ def load_entry(manifest: Manifest, entry: ManifestEntry) -> LoadedModel:
     except CheckpointError as error:
         raise CheckpointError(f"{entry.name}: {error}") from None
     note = f"Hub copy unavailable ({hub_problem}); using the local copy." if hub_problem else None
-    return LoadedModel(entry.key, entry.name, model, f"local: {local}", note)
+    return LoadedModel(entry.key, entry.name, model, f"local: {local}", note,
+                       familiarity=load_familiarity(entry.name, model, local))
+
+
+def load_familiarity(name: str, model: SpineCADModel, source: str | Path,
+                     revision: str | None = None) -> Familiarity | None:
+    """The checkpoint's training-feature statistics, or None (said once) when it has none or they do not load."""
+    if model.config.familiarity is None:
+        warn_once(logger, f"{name}: its checkpoint has no familiarity statistics, so it cannot flag unfamiliar "
+                          "images (python -m train writes them).")
+        return None
+    try:
+        if Path(source).is_dir():
+            path = Path(source) / FAMILIARITY_FILE
+        else:
+            path = huggingface_hub.hf_hub_download(str(source), FAMILIARITY_FILE, revision=revision)
+        familiarity = Familiarity.from_file(path, model.config.familiarity)
+    except Exception as error:  # noqa: BLE001 - missing, truncated or mismatched: the model still grades
+        warn_once(logger, f"{name}: familiarity statistics unreadable ({type(error).__name__}: {error}); "
+                          "it cannot flag unfamiliar images.")
+        return None
+    return familiarity
 
 
 def _require_cached_when_offline(entry: ManifestEntry) -> None:

@@ -7,6 +7,8 @@ layer a class-activation map reads, as a (B, C, H, W) map). What differs between
 
 from __future__ import annotations
 
+import threading
+
 import timm
 import torch
 from torch import nn
@@ -22,6 +24,8 @@ from spinecad.models.registry import (
     get_spec,
     registered,
 )
+
+_CAPTURE = threading.Lock()
 
 
 class Backbone(nn.Module):
@@ -66,6 +70,23 @@ class Backbone(nn.Module):
             raise HeatmapUnavailable(f"{spec.display_name}: unknown cam_reshape {spec.cam_reshape!r} or cam_method "
                                      f"{spec.cam_method!r}; expected {CAM_RESHAPES} and {CAM_METHODS}.")
         return spec
+
+    def features_with_map(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled features (B, D) and the heatmap layer's feature map (B, C, H, W) from one forward pass; without
+        such a layer, the pooled features as a 1 x 1 map."""
+        try:
+            layer = self.cam_layer()
+        except HeatmapUnavailable:
+            features = self.features(images)
+            return features, features[:, :, None, None]
+        captured: dict[str, torch.Tensor] = {}
+        with _CAPTURE:  # a hook sees every call on its module: one capture at a time
+            handle = layer.register_forward_hook(lambda module, args, output: captured.__setitem__("map", output))
+            try:
+                features = self.features(images)
+            finally:
+                handle.remove()
+        return features, self.cam_feature_map(captured["map"])
 
     def cam_layer(self) -> nn.Module:
         """The module whose output a class-activation map reads."""

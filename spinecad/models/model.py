@@ -57,6 +57,8 @@ class ModelConfig:
     class_names: list[str] = field(default_factory=lambda: list(SEVERITIES))
     level_names: list[str] = field(default_factory=lambda: list(LEVELS))
     temperature: float = 1.0  # softmax temperature; 1.0 = uncalibrated
+    # The unfamiliar-image threshold (spinecad.inference.familiarity) and how it was set; None = no statistics.
+    familiarity: dict | None = None
     training: dict = field(default_factory=dict)  # facts about how the weights were made, when known
     format: str = FORMAT
 

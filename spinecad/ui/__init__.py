@@ -8,21 +8,27 @@ Nothing outside this package imports it: the library below knows no screen, and 
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_upload_folder
 
+from spinecad.evaluation.artefacts import ENSEMBLE_KEY, ArtefactError
+from spinecad.evaluation.store import load_metrics
 from spinecad.examples import read_example_index
 from spinecad.imaging.limits import MAX_FILE_BYTES
 from spinecad.inference.manifest import ManifestError
 from spinecad.inference.predictor import Predictor
+from spinecad.logs import warn_once
 from spinecad.ui import text as ui_text
 from spinecad.ui.compare_tab import CompareTab
 from spinecad.ui.predict_tab import PredictTab
 
 CSS = files("spinecad.ui").joinpath("style.css").read_text(encoding="utf-8")
+logger = logging.getLogger(__name__)
+
 QUEUE_SIZE = 32
 # Gradio's own cache (uploads it tracks, e.g. of requests refused before reaching us): swept every 5 minutes.
 CACHE_SWEEP = (300, 300)
@@ -31,11 +37,29 @@ __all__ = ["build", "launch", "load_predictor"]
 
 
 def load_predictor(manifest_path: str | Path) -> tuple[Predictor, str | None]:
-    """Every model of the manifest (CUDA when present, else the CPU), or no models and the reason why."""
+    """Every model of the manifest (CUDA when present, else the CPU), or no models and the reason why.
+
+    The ensemble's own temperature (for the calibrated switch) comes from the manifest's evaluation artefacts.
+    """
     try:
-        return Predictor.from_manifest(manifest_path), None
+        predictor = Predictor.from_manifest(manifest_path)
     except ManifestError as error:
         return Predictor([]), f"{error} {ui_text.NO_MANIFEST}"
+    predictor.ensemble_temperature = ensemble_temperature(predictor.manifest.evaluation_dir)
+    return predictor, None
+
+
+def ensemble_temperature(evaluation_dir: Path | None) -> float:
+    """The temperature fitted for the ensemble's mean on validation; 1.0 (logged once) when none is stored."""
+    try:
+        calibrated = load_metrics(evaluation_dir, ENSEMBLE_KEY, "val").calibration.calibrated
+    except (ArtefactError, TypeError):
+        calibrated = None
+    if calibrated is None or calibrated.temperature is None:
+        warn_once(logger, "No ensemble temperature in the evaluation artefacts: the calibrated ensemble is the plain "
+                          "mean of the calibrated models.")
+        return 1.0
+    return calibrated.temperature
 
 
 def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: str | None = None) -> gr.Blocks:

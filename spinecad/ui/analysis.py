@@ -17,6 +17,7 @@ from spinecad.inference.heatmaps import Heatmap
 from spinecad.inference.predictor import Prediction
 from spinecad.labels import SEVERITIES, level_index
 from spinecad.ui.html import png_data_uri
+from spinecad.ui.text import UNFAMILIAR_WARNING
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class SliceAnalysis:
 
     @property
     def warnings(self) -> list[str]:
-        return list(self.facts.warnings)
+        """The reader's warnings about the file, then the models' own: an image unlike their training images."""
+        return [*self.facts.warnings, *([UNFAMILIAR_WARNING] if self.prediction.unfamiliar else [])]
 
     def to_dict(self, level: str) -> dict:
         """The JSON of the app's ``predict`` API for one level."""

@@ -20,7 +20,7 @@ from spinecad.evaluation.scoring import ScoringError
 from spinecad.imaging import ImageReadError
 from spinecad.ui import charts
 from spinecad.ui import text as ui_text
-from spinecad.ui.tables import metrics_table, two_line_cells
+from spinecad.ui.tables import metrics_table, paper_table, two_line_cells
 from spinecad.ui.uploads import consume_upload
 
 PRIVATE = {"api_visibility": "private"}
@@ -152,6 +152,10 @@ class CompareTab:
                                     elem_id="metrics-table")
         with gr.Accordion("How to read these numbers", open=False):
             gr.Markdown(ui_text.METRICS_EXPLAINED)
+        with gr.Accordion(ui_text.PAPER_TABLE_TITLE, open=False):
+            gr.Markdown(ui_text.PAPER_TABLE_NOTE)
+            gr.Dataframe(paper_table(), interactive=False, wrap=True, datatype="markdown", max_height=2000,
+                         elem_id="paper-table")
         with gr.Row():
             self.outside_upload = gr.File(label="Add your own model (Kaggle-format CSV)", file_types=[".csv"],
                                           type="filepath", height=110, elem_id="predictions-upload")

@@ -111,7 +111,9 @@ class PredictTab:
         result = analysis.to_dict(level)
         grade, probability = analysis.ensemble_grade(level)
         headline = ui_text.headline_markdown(level, grade, probability, analysis.agreeing_models(level),
-                                             len(analysis.prediction.outputs))
+                                             len(analysis.prediction.outputs),
+                                             unfamiliar=bool(analysis.prediction.unfamiliar),
+                                             split=analysis.prediction.split(level))
         if analysis.prediction.calibrated:
             headline += "\n\n" + ui_text.CALIBRATED_NOTE
         if all(output.from_cache for output in analysis.prediction.outputs):

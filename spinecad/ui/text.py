@@ -11,6 +11,18 @@ TITLE = "SpineCAD: how narrow is the lumbar spinal canal?"
 SPLIT_NAMES: dict[str, str] = {"val": "Validation", "test": "Test", "train": "Training"}
 OUTSIDE_NAME = "Your model (uploaded)"
 NO_MANIFEST = "Run `python -m train --demo`, or point SPINECAD_MANIFEST at a manifest."
+UNFAMILIAR_WARNING = (
+    "These models have not seen images like this: the grades below are not meaningful. The models were trained on "
+    "axial T2 MRI slices through a lumbar disc."
+)
+UNFAMILIAR_HEADLINE = "### ⚠️ Not like the images these models learnt from\n\n" + UNFAMILIAR_WARNING
+SPLIT_HEADLINE = "### ⚠️ The models disagree: no grade has a majority of them. Read the image yourself."
+PAPER_TABLE_TITLE = "Reported in the paper (its own test split of the RSNA 2024 data; not reproduced here)"
+PAPER_TABLE_NOTE = (
+    "The study's own Table 2, exactly as it reports it (bold: best in each row), for comparison beside the loaded "
+    "models. These numbers come from the paper's models on its own test split: they are not in the significance "
+    "tests or the curves below, and the loaded models were not tested on that split."
+)
 
 PREDICT_INTRO = (
     "Give the app **one axial T2-weighted MRI slice through a lumbar disc** and tell it which disc it is. "
@@ -179,10 +191,14 @@ def banner_markdown(
     return "\n\n".join(lines)
 
 
-def headline_markdown(level: str, grade: str, probability: float, agreeing: int, n_models: int) -> str:
-    """One sentence a room can read from the back: the ensemble's grade and how many models agree."""
+def headline_markdown(level: str, grade: str, probability: float, agreeing: int, n_models: int, *,
+                      unfamiliar: bool = False, split: bool = False) -> str:
+    """One sentence a room can read from the back: the ensemble's grade and how many models agree, after what
+    says not to trust it (an unfamiliar image, or models with no majority)."""
     agreement = "all models agree" if agreeing == n_models else f"{agreeing} of {n_models} models agree"
-    return f"### {level}: **{grade}** ({probability:.0%} ensemble confidence); {agreement}."
+    grade_line = f"### {level}: **{grade}** ({probability:.0%} ensemble confidence); {agreement}."
+    cautions = [UNFAMILIAR_HEADLINE] * unfamiliar + [SPLIT_HEADLINE] * split
+    return "\n\n".join([*cautions, grade_line])
 
 
 def warnings_markdown(warnings: Sequence[str]) -> str:
