@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -30,6 +28,7 @@ from spinecad.evaluation.scoring import load_canal_labels
 from spinecad.inference.manifest import read_manifest
 from spinecad.labels import LEVEL_KEYS, LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
 from tests.conftest import DEMO_MANIFEST
+from train.cli import main as train_main
 
 DEMO_ROOT = read_manifest(DEMO_MANIFEST).evaluation_dir
 
@@ -270,7 +269,7 @@ def test_the_rsna_metric_equals_the_competitions_own_computation_on_the_demo_pre
             np.testing.assert_allclose([stored.value(name) for name in metrics.RSNA_METRICS], direct, atol=1e-9)
 
 
-def test_the_rsna_metric_of_a_random_kaggle_file_through_train_score(tmp_path):
+def test_the_rsna_metric_of_a_random_kaggle_file_through_train_score(tmp_path, capsys):
     rng = np.random.default_rng(4)
     studies = 5_000_000 + np.arange(40)
     labels = pd.DataFrame({"study_id": studies, **{
@@ -282,10 +281,8 @@ def test_the_rsna_metric_of_a_random_kaggle_file_through_train_score(tmp_path):
     submission = pd.DataFrame({"row_id": rows, **dict(zip(SEVERITY_COLUMNS, rng.random((3, len(rows))) * 3,
                                                           strict=True))})
     submission.to_csv(tmp_path / "submission.csv", index=False)
-    completed = subprocess.run([sys.executable, "-m", "train", "score", "--data-dir", str(tmp_path),
-                                "--predictions", str(tmp_path / "submission.csv")],
-                               capture_output=True, text=True, timeout=300, check=True)
-    printed = json.loads(completed.stdout)
+    assert train_main(["score", "--data-dir", str(tmp_path), "--predictions", str(tmp_path / "submission.csv")]) == 0
+    printed = json.loads(capsys.readouterr().out)
     solution = load_canal_labels(tmp_path / "train.csv")
     direct = competition_canal_score(solution, submission)
     assert [printed[name] for name in metrics.RSNA_METRICS] == pytest.approx(direct, abs=1e-9)
