@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
 
-from spinecad.inference.familiarity import fit_familiarity, kept_channels
+from spinecad.inference.familiarity import fit_familiarity
 from spinecad.inference.loading import LoadedModel
 from spinecad.inference.predictor import Predictor
 from spinecad.models.model import SpineCADModel
@@ -45,7 +45,7 @@ def main() -> None:
             maps = torch.cat([model.backbone.features_with_map(slice_to_tensor(s, model.data_config))[1]
                               for s in slices])
         half = len(slices) // 2
-        familiarity = fit_familiarity([maps[:half]], [maps[half:]], kept_channels(maps.shape[1]))
+        familiarity = fit_familiarity([maps[:half]], [maps[half:]])
         loaded = LoadedModel(spec.name, spec.display_name, model, "bench")
         plain.append(loaded)
         flagged.append(replace(loaded, familiarity=familiarity))

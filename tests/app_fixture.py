@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from spinecad.evaluation import store as evaluation
-from spinecad.inference.familiarity import Familiarity, fit_familiarity, kept_channels
+from spinecad.inference.familiarity import Familiarity, fit_familiarity
 from spinecad.inference.manifest import Manifest, ManifestEntry, read_manifest, write_manifest
 from spinecad.labels import LEVELS, SEVERITIES, SEVERITY_COLUMNS, row_id
 from spinecad.models.calibration import temperature_scaled
@@ -81,7 +81,7 @@ def phantom_familiarity(model: SpineCADModel, n_per_grade: int = 24) -> Familiar
     with torch.inference_mode():
         maps = torch.cat([model.backbone.features_with_map(slice_to_tensor(p, model.data_config))[1] for p in pixels])
     train = torch.arange(len(labels)) % 4 != 0
-    return fit_familiarity([maps[train]], [maps[~train]], kept_channels(maps.shape[1]))
+    return fit_familiarity([maps[train]], [maps[~train]])
 
 
 def write_manifest_with_missing_model(root: Path) -> Path:

@@ -44,7 +44,7 @@ def test_the_distance_is_the_largest_per_location_mahalanobis_distance():
     val = rng.normal(size=(300, 6, 2, 2)) * scales[None, :, None, None] + 3.0
     channels = kept_channels(6, count=4)
     familiarity = fit_familiarity([torch.tensor(train[:250]), torch.tensor(train[250:])], [torch.tensor(val)],
-                                  channels, quantile=0.95)
+                                  channels=channels, quantile=0.95)
     point = rng.normal(size=(1, 6, 2, 2)) * 2 + 3.0
     direct = []
     for row, col in np.ndindex(2, 2):  # every location on its own, kept channels only

@@ -25,7 +25,7 @@ from spinecad.evaluation.store import (
     write_split_evaluation,
     write_summary,
 )
-from spinecad.inference.familiarity import fit_familiarity, kept_channels
+from spinecad.inference.familiarity import fit_familiarity
 from spinecad.inference.manifest import Manifest, ManifestEntry, write_manifest
 from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import SEVERITY_COLUMNS, row_id
@@ -84,9 +84,8 @@ def evaluate_run(
         model.to(device)
         logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVALUATED_SPLITS}
         model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
-        first = next(feature_maps(model, datasets["val"], device, batch_size=1))
         familiarity = fit_familiarity(feature_maps(model, datasets["train"], device),
-                                      feature_maps(model, datasets["val"], device), kept_channels(first.shape[1]))
+                                      feature_maps(model, datasets["val"], device))
         model.config.familiarity = familiarity.config()
         results[key] = {}
         for split in EVALUATED_SPLITS:

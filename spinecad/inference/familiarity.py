@@ -75,15 +75,20 @@ def kept_channels(n_channels: int, count: int = CHANNELS, seed: int = 0) -> torc
     return order[:min(count, n_channels)].sort().values
 
 
-def fit_familiarity(train_maps: Iterable[torch.Tensor], val_maps: Iterable[torch.Tensor], channels: torch.Tensor,
-                    quantile: float = DEFAULT_QUANTILE) -> Familiarity:
+def fit_familiarity(train_maps: Iterable[torch.Tensor], val_maps: Iterable[torch.Tensor],
+                    channels: torch.Tensor | None = None, quantile: float = DEFAULT_QUANTILE) -> Familiarity:
     """Per-location means and shrunk covariances of the training maps' kept channels; threshold from validation.
 
-    The maps come in batches of (B, C, H, W) (only ``channels`` are read, so a large training set fits in memory).
+    The maps come in batches of (B, C, H, W) (only ``channels`` are read, so a large training set fits in memory);
+    ``channels`` defaults to ``kept_channels`` of the maps' channel count.
     """
     from sklearn.covariance import LedoitWolf  # only training fits; the app never imports it
 
-    train = torch.cat([_locations(batch, channels) for batch in train_maps], dim=1).double().numpy()  # (L, N, d)
+    batches = iter(train_maps)
+    first = next(batches)
+    channels = kept_channels(first.shape[1]) if channels is None else channels
+    train = torch.cat([_locations(batch, channels) for batch in (first, *batches)], dim=1)
+    train = train.double().numpy()  # (locations, images, kept channels)
     means = train.mean(axis=1)
     precision = np.stack([np.linalg.pinv(LedoitWolf().fit(location).covariance_, hermitian=True)
                           for location in train])
