@@ -1,7 +1,8 @@
 """The house rules as tests: the library knows no screen, layers import only downwards, no import cycles.
 
 Layers in the order data flows (a module may import its own layer and those before it):
-files and vocabulary -> imaging -> models -> inference -> evaluation -> ui. ``train`` may use every layer but ui.
+files and vocabulary -> imaging -> study (series, geometry) -> models -> inference -> evaluation -> ui.
+``train`` may use every layer but ui.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from tests.conftest import REPO
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("spinecad", "spinecad.atomic", "spinecad.labels", "spinecad.logs", "spinecad.examples"),
     ("spinecad.imaging",),
+    ("spinecad.study",),
     ("spinecad.models",),
     ("spinecad.inference",),
     ("spinecad.evaluation",),

@@ -6,21 +6,20 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pydicom
 from pydicom.errors import InvalidDicomError
 
 from spinecad.atomic import atomic_path
 from spinecad.labels import CONDITION, LEVEL_KEYS, LEVELS, SEVERITIES, level_index
+from spinecad.study.geometry import MAX_DISTANCE_MM, GeometryError, Plane, nearest_slice
 
 REQUIRED_CSVS: tuple[str, ...] = ("train.csv", "train_series_descriptions.csv", "train_label_coordinates.csv")
 IMAGES_DIR = "train_images"
 AXIAL_T2 = "Axial T2"
 SAGITTAL_T2 = "Sagittal T2/STIR"
 LEFT, RIGHT = "left_subarticular_stenosis", "right_subarticular_stenosis"
-# Beyond this the nearest axial slice lies outside the disc's slab: the axial stack does not cover the level.
-MAX_GEOMETRY_DISTANCE_MM = 10.0
+MAX_GEOMETRY_DISTANCE_MM = MAX_DISTANCE_MM  # beyond it the axial stack does not cover the level
 # The index file format, written down once: column -> what it holds.
 INDEX_COLUMNS: dict[str, str] = {
     "study_id": "RSNA study (one patient)",
@@ -70,30 +69,6 @@ class SampleIndex:
     def image_file(self, image_path: str) -> Path:
         """Absolute path of a row's ``image_path`` (absolute paths pass through)."""
         return self.root / image_path
-
-
-@dataclass(frozen=True)
-class _Plane:
-    """Patient-space geometry of one DICOM slice, read from its header."""
-
-    origin: np.ndarray
-    row_dir: np.ndarray
-    col_dir: np.ndarray
-    spacing: tuple[float, float]  # (between rows, between columns) as DICOM PixelSpacing orders them
-    shape: tuple[int, int]
-
-    def to_patient(self, x: float, y: float) -> np.ndarray:
-        """Patient coordinates (mm) of pixel column ``x``, row ``y``."""
-        return self.origin + x * self.spacing[1] * self.row_dir + y * self.spacing[0] * self.col_dir
-
-    def distance_and_inside(self, point: np.ndarray) -> tuple[float, bool]:
-        """Distance (mm) from the plane to ``point`` and whether its projection falls inside the image."""
-        offset = point - self.origin
-        distance = abs(float(np.dot(np.cross(self.row_dir, self.col_dir), offset)))
-        col = float(np.dot(offset, self.row_dir)) / self.spacing[1]
-        row = float(np.dot(offset, self.col_dir)) / self.spacing[0]
-        inside = -0.5 <= col <= self.shape[1] - 0.5 and -0.5 <= row <= self.shape[0] - 0.5
-        return distance, inside
 
 
 def _read_csv(data_dir: Path, name: str) -> pd.DataFrame:
@@ -162,26 +137,20 @@ class _Geometry:
     def __init__(self, images_dir: Path, problems: list[str]):
         self.images_dir = images_dir
         self.problems = problems
-        self._planes: dict[Path, _Plane | None] = {}
+        self._planes: dict[Path, Plane | None] = {}
         self._slices: dict[Path, list[Path]] = {}
 
-    def plane(self, path: Path) -> _Plane | None:
+    def plane(self, path: Path) -> Plane | None:
         if path not in self._planes:
             self._planes[path] = self._read_plane(path)
         return self._planes[path]
 
-    def _read_plane(self, path: Path) -> _Plane | None:
+    def _read_plane(self, path: Path) -> Plane | None:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_HEADER_TAGS)
-            orientation = np.array(header.ImageOrientationPatient, dtype=float)
-            return _Plane(
-                origin=np.array(header.ImagePositionPatient, dtype=float),
-                row_dir=orientation[:3],
-                col_dir=orientation[3:],
-                spacing=(float(header.PixelSpacing[0]), float(header.PixelSpacing[1])),
-                shape=(int(header.Rows), int(header.Columns)),
-            )
-        except (OSError, InvalidDicomError, AttributeError, ValueError, TypeError, IndexError) as error:
+            return Plane.from_header(header.ImagePositionPatient, header.ImageOrientationPatient,
+                                     header.PixelSpacing, header.Rows, header.Columns)
+        except (OSError, InvalidDicomError, AttributeError, GeometryError) as error:
             self.problems.append(f"{path}: geometry header unreadable ({error})")
             return None
 
@@ -191,23 +160,19 @@ class _Geometry:
         sagittal = self.plane(self.images_dir / str(study) / str(series) / f"{instance}.dcm")
         if sagittal is None:
             return None
-        point = sagittal.to_patient(x, y)
-        candidates = []
+        slices = []  # (series, instance) in a fixed order, so ties go to the first series and lowest instance
         for axial in axial_series:
             folder = self.images_dir / str(study) / str(axial)
             if folder not in self._slices:
-                self._slices[folder] = [path for path in folder.glob("*.dcm") if path.stem.isdigit()]
-            for path in self._slices[folder]:
-                plane = self.plane(path)
-                if plane is not None:
-                    distance, inside = plane.distance_and_inside(point)
-                    # Slices whose field of view holds the point come first, then the nearest plane.
-                    candidates.append((not inside, distance, axial, int(path.stem)))
-        if not candidates:
+                self._slices[folder] = sorted((path for path in folder.glob("*.dcm") if path.stem.isdigit()),
+                                              key=lambda path: int(path.stem))
+            slices += [(axial, path) for path in self._slices[folder]]
+        nearest = nearest_slice([self.plane(path) for _, path in slices], sagittal.to_patient(x, y))
+        if nearest is None:
             self.problems.append(f"study {study}: no readable slice in Axial T2 series {axial_series} for geometry")
             return None
-        _, distance, axial, instance = min(candidates)
-        return axial, instance, distance
+        axial, path = slices[nearest.index]
+        return axial, int(path.stem), nearest.distance_mm
 
 
 def _choose_instance(
