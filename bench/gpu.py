@@ -41,7 +41,8 @@ def percentile(values: list[float], q: float) -> float:
 def prediction_latencies(
     model: SpineCADModel, device: torch.device, bf16: bool, n: int
 ) -> tuple[list[float], np.ndarray]:
-    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device, bf16=bf16)
+    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device,
+                          precision="bf16" if bf16 else "fp32")
     rng = np.random.default_rng(0)
     reference_image = np.random.default_rng(123).random((256, 256)).astype(np.float32)  # same for every device
     times, probs = [], None

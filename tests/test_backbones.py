@@ -14,6 +14,7 @@ from spinecad.models.registry import (
     BackboneError,
     BackboneSpec,
     PretrainedWeightsUnavailable,
+    cpu_bf16_allowed,
     get_spec,
     list_backbones,
     profile,
@@ -111,4 +112,21 @@ def test_explanation_fields_leave_the_training_fingerprint_alone():
     other_layer = replace(spec, cam_layer="blocks.0.norm1", cam_method="hirescam")
     assert spec.training_dict() == other_layer.training_dict()  # a finished run is not retrained for a heatmap
     assert not set(BackboneSpec.EXPLANATION_FIELDS) & set(spec.training_dict())
-    assert set(spec.to_dict()) - set(spec.training_dict()) == set(BackboneSpec.EXPLANATION_FIELDS)
+    assert set(spec.to_dict()) - set(spec.training_dict()) == {*BackboneSpec.EXPLANATION_FIELDS,
+                                                                *BackboneSpec.INFERENCE_FIELDS}
+
+
+def test_the_cpu_precision_verdict_leaves_the_training_fingerprint_alone():
+    spec = CPU_PROFILE[0]
+    assert replace(spec, cpu_bf16=not spec.cpu_bf16).training_dict() == spec.training_dict()
+
+
+def test_cpu_bf16_comes_from_the_checkpoint_else_the_registry_row_else_fp32():
+    spec = CPU_PROFILE[0]
+    saved_before_the_field = BackboneSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "cpu_bf16"})
+    assert cpu_bf16_allowed(saved_before_the_field) == bool(spec.cpu_bf16)
+    assert cpu_bf16_allowed(replace(spec, cpu_bf16=False)) is False
+    assert cpu_bf16_allowed(replace(spec, cpu_bf16=True)) is True
+    stranger = replace(spec, name="not-registered", cpu_bf16=None)
+    assert cpu_bf16_allowed(stranger) is False
+    assert cpu_bf16_allowed(replace(spec, architecture="resnet18", cpu_bf16=None)) is False

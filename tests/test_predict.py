@@ -11,15 +11,20 @@ import torch
 
 from spinecad.inference.loading import LoadedModel
 from spinecad.inference.manifest import ManifestError, read_manifest
+from spinecad.inference.precision import choose_precision
 from spinecad.inference.predictor import ENSEMBLE, Predictor
 from spinecad.labels import LEVELS
 from spinecad.models.preprocess import slice_to_tensor
+from spinecad.models.registry import cpu_bf16_allowed
+
+
+def _loaded(models) -> list[LoadedModel]:
+    return [LoadedModel(m.config.backbone["name"], m.display_name, m, "memory") for m in models]
 
 
 @pytest.fixture()
 def predictor(cpu_models) -> Predictor:
-    loaded = [LoadedModel(m.config.backbone["name"], m.display_name, m, "memory") for m in cpu_models]
-    return Predictor(loaded, device="cpu")
+    return Predictor(_loaded(cpu_models), device="cpu", precision="fp32")
 
 
 @pytest.fixture()
@@ -63,6 +68,74 @@ def test_level_switch_uses_cached_features_and_equals_a_full_forward(predictor, 
         np.testing.assert_allclose(output.probs, probs, atol=1e-5)
 
 
+def test_a_series_equals_one_prediction_per_slice_and_runs_each_backbone_once_per_slice(predictor, cpu_models):
+    rng = np.random.default_rng(5)
+    series = [rng.random((200, 180)).astype(np.float32) for _ in range(5)]
+    singles = [predictor.predict(pixels) for pixels in series]
+    predictor.clear_cache()
+    counter, calls = _CountingForward(cpu_models), []
+    try:
+        batched = predictor.predict_series(series, batch_size=2, progress=lambda *counts: calls.append(counts))
+        assert counter.calls == 6 * 3  # batches of 2, 2 and 1
+        again = predictor.predict_series(series)
+        assert counter.calls == 6 * 3  # all five from the cache
+    finally:
+        counter.restore(cpu_models)
+    assert calls == [(2, 5), (4, 5), (5, 5)]
+    for single, one, cached in zip(singles, batched, again, strict=True):
+        for a, b, c in zip(single.outputs, one.outputs, cached.outputs, strict=True):
+            np.testing.assert_allclose(b.probs, a.probs, atol=1e-5)
+            np.testing.assert_array_equal(c.probs, b.probs)
+            assert c.from_cache and not b.from_cache and b.latency_ms > 0
+        np.testing.assert_allclose(one.ensemble, single.ensemble, atol=1e-5)
+
+
+def test_a_series_with_repeats_and_cached_slices_keeps_its_order(predictor, image):
+    other = np.random.default_rng(9).random((64, 64)).astype(np.float32)
+    predictor.predict(image)
+    calls = []
+    results = predictor.predict_series([other, image, other], progress=lambda d, t: calls.append((d, t)))
+    assert [r.outputs[0].from_cache for r in results] == [False, True, False]
+    np.testing.assert_array_equal(results[0].ensemble, results[2].ensemble)
+    np.testing.assert_allclose(results[1].ensemble, predictor.predict(image).ensemble, atol=1e-6)
+    assert calls == [(1, 3), (3, 3)]
+    assert predictor.predict_series([]) == []
+
+
+def test_the_feature_cache_stays_bounded_through_a_long_series(cpu_models):
+    predictor = Predictor(_loaded(cpu_models[:1]), device="cpu", cache_size=4, batch_size=3)
+    series = [np.full((32, 32), v, dtype=np.float32) for v in np.linspace(0, 1, 10)]
+    predictor.predict_series(series)
+    assert len(predictor._features) == 4
+    assert predictor.predict(series[-1]).outputs[0].from_cache
+    assert not predictor.predict(series[0]).outputs[0].from_cache
+
+
+@pytest.mark.parametrize("size", [0, -1, 2.5])
+def test_a_bad_batch_size_is_refused(predictor, image, size):
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict_series([image], batch_size=size)
+
+
+def test_bf16_on_the_cpu_stays_within_the_agreement_bound(cpu_models, image):
+    fp32 = Predictor(_loaded(cpu_models), device="cpu", precision="fp32").predict(image)
+    bf16 = Predictor(_loaded(cpu_models), device="cpu", precision="bf16").predict(image)
+    assert {o.precision for o in bf16.outputs} == {"bf16"} and {o.precision for o in fp32.outputs} == {"fp32"}
+    for a, b in zip(fp32.outputs, bf16.outputs, strict=True):
+        assert np.abs(a.probs - b.probs).max() <= 0.02, a.name
+    assert {v["precision"] for v in bf16.to_dict("L4/L5")["models"].values()} == {"bf16"}
+
+
+def test_each_model_runs_in_the_precision_its_row_and_the_cpu_allow(monkeypatch, cpu_models):
+    monkeypatch.delenv("SPINECAD_PRECISION", raising=False)
+    auto = Predictor(_loaded(cpu_models), device="cpu")
+    for model in cpu_models:
+        expected = choose_precision("cpu", backbone_bf16=cpu_bf16_allowed(model.config.backbone_spec)).name
+        assert auto.precisions[model.config.backbone["name"]].name == expected
+    monkeypatch.setenv("SPINECAD_PRECISION", "fp32")
+    assert {p.name for p in Predictor(_loaded(cpu_models), device="cpu").precisions.values()} == {"fp32"}
+
+
 def test_ensemble_agreement_and_json_shape(predictor, image):
     prediction = predictor.predict(image)
     stacked = np.stack([o.probs for o in prediction.outputs])
@@ -72,6 +145,7 @@ def test_ensemble_agreement_and_json_shape(predictor, image):
     for values in payload["models"].values():
         assert abs(values["Normal/Mild"] + values["Moderate"] + values["Severe"] - 1) < 1e-4
         assert values["grade"] in ("Normal/Mild", "Moderate", "Severe") and values["latency_ms"] > 0
+        assert values["precision"] == "fp32"
     assert set(payload["all_levels"]) == {*payload["models"], ENSEMBLE}
     assert all(set(grades) == set(LEVELS) for grades in payload["all_levels"].values())
     grades = [v["grade"] for v in payload["models"].values()]

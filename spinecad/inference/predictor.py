@@ -1,6 +1,8 @@
-"""Run a set of models on one slice: every backbone once, all five levels from its features, plus the ensemble.
+"""Run a set of models on one slice or a series: every backbone once per slice, all five levels from its
+features, plus the ensemble.
 
-Features are cached per image, so switching the level (or asking for all levels) costs only the heads.
+Features are cached per image, so switching the level (or asking for all levels) costs only the heads. A series
+goes through each backbone in batches; each backbone runs in the precision its device and registry row allow.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,18 +20,23 @@ import numpy as np
 import torch
 
 from spinecad.imaging import Slice
-from spinecad.inference.devices import autocast, resolve_device
+from spinecad.inference.devices import resolve_device
 from spinecad.inference.familiarity import majority_unfamiliar
 from spinecad.inference.loading import LoadedModel, LoadFailure, load_manifest_models
 from spinecad.inference.manifest import Manifest, read_manifest
+from spinecad.inference.precision import Precision, choose_precision
 from spinecad.labels import LEVELS, SEVERITIES, level_index
 from spinecad.logs import warn_once
 from spinecad.models.calibration import temperature_scaled
 from spinecad.models.preprocess import DataConfig, slice_to_tensor
+from spinecad.models.registry import cpu_bf16_allowed
 
 logger = logging.getLogger(__name__)
 
 ENSEMBLE = "Ensemble (mean)"
+# Slices per backbone call: a batch of 16 paper-size slices at 224 px holds a few hundred MB of activations
+# (bench/predict.py prints the peak), and larger batches gain little per slice on 2 cores.
+MAX_BATCH = 16
 
 
 @dataclass
@@ -42,6 +50,7 @@ class ModelOutput:
     from_cache: bool
     # Distance from the model's training images in units of its threshold (<= 1: familiar); None: no statistics.
     familiarity: float | None = None
+    precision: str = "fp32"  # what the backbone ran in: "fp32", "bf16" or "fp16" (spinecad.inference.precision)
 
     @property
     def familiar(self) -> bool | None:
@@ -91,7 +100,8 @@ class Prediction:
 
         models = {
             o.name: {**row(o.probs), "latency_ms": round(o.latency_ms, 2), "from_cache": o.from_cache,
-                     "familiar": o.familiar, "familiarity": None if o.familiarity is None else round(o.familiarity, 4)}
+                     "familiar": o.familiar, "familiarity": None if o.familiarity is None else round(o.familiarity, 4),
+                     "precision": o.precision}
             for o in self.outputs
         }
         return {
@@ -113,7 +123,7 @@ class Prediction:
 
 
 class Predictor:
-    """Holds loaded models on one device and predicts all of them on a slice."""
+    """Holds loaded models on one device and predicts all of them on a slice, or on a series of slices."""
 
     def __init__(
         self,
@@ -123,7 +133,8 @@ class Predictor:
         device: str | torch.device | None = None,
         manifest: Manifest | None = None,
         cache_size: int = 16,
-        bf16: bool = True,
+        precision: str | None = None,
+        batch_size: int = MAX_BATCH,
         ensemble_temperature: float = 1.0,
     ) -> None:
         self.models = models
@@ -131,7 +142,14 @@ class Predictor:
         self.manifest = manifest
         self.device = resolve_device(str(device) if device else None)
         self.cache_size = cache_size
-        self.bf16 = bf16  # bf16 autocast on CUDA; the CPU always runs fp32
+        self.batch_size = _checked_batch_size(batch_size)
+        # Per model: bf16/fp16 where the device runs it natively and (CPU) the backbone's row allows it, else fp32;
+        # ``precision`` ("fp32", "bf16", "fp16") forces one, None leaves it to SPINECAD_PRECISION or the device.
+        self.precisions: dict[str, Precision] = {
+            loaded.key: choose_precision(self.device, forced=precision,
+                                         backbone_bf16=cpu_bf16_allowed(loaded.model.config.backbone_spec))
+            for loaded in models
+        }
         # Rescales the mean of the calibrated models (fitted on validation with the evaluation artefacts).
         self.ensemble_temperature = ensemble_temperature
         # image key -> (pooled features by model, familiarity score by model)
@@ -139,86 +157,130 @@ class Predictor:
         self._lock = threading.Lock()  # the feature cache is shared by concurrent requests
         for loaded in models:
             loaded.model.eval().to(self.device)
-            if self.device.type == "cuda" and loaded.model.config.backbone_spec.channels_last:
+            if self._channels_last(loaded):
                 loaded.model.to(memory_format=torch.channels_last)
 
     @classmethod
-    def from_manifest(cls, path: str | Path, *, device: str | None = None) -> Predictor:
+    def from_manifest(cls, path: str | Path, *, device: str | None = None, precision: str | None = None) -> Predictor:
         """Load every model a manifest lists (failures are kept in ``failures``)."""
         manifest = read_manifest(path)
         models, failures = load_manifest_models(manifest)
-        return cls(models, failures, device=device, manifest=manifest)
+        return cls(models, failures, device=device, manifest=manifest, precision=precision)
 
-    @torch.inference_mode()
     def predict(self, image: Slice | np.ndarray, *, calibrated: bool = False) -> Prediction:
         """Probabilities of every model for every level; backbones run only for an image not seen recently.
 
         ``calibrated`` divides each model's logits by its fitted temperature (config.json): the grades stay, the
         confidences change; switching costs only the heads.
         """
-        pixels = image.pixels if isinstance(image, Slice) else np.asarray(image, dtype=np.float32)
-        key = _image_key(pixels)
+        return self.predict_series([image], calibrated=calibrated)[0]
+
+    @torch.inference_mode()
+    def predict_series(self, images: Sequence[Slice | np.ndarray], *, calibrated: bool = False,
+                       progress: Callable[[int, int], None] | None = None,
+                       batch_size: int | None = None) -> list[Prediction]:
+        """One Prediction per image, in order: each backbone runs once per image not seen recently, in batches.
+
+        ``batch_size`` (default: the predictor's) bounds how many slices one backbone call holds; ``progress(done,
+        total)`` is called as slices complete. Results are kept in the bounded feature cache like ``predict``'s.
+        """
+        size = self.batch_size if batch_size is None else _checked_batch_size(batch_size)
+        pixels = [image.pixels if isinstance(image, Slice) else np.asarray(image, dtype=np.float32)
+                  for image in images]
+        keys = [_image_key(p) for p in pixels]
         with self._lock:
-            cached = self._features.get(key)
-            if cached is not None:
+            cached = {key: self._features[key] for key in keys if key in self._features}
+            for key in cached:
                 self._features.move_to_end(key)
-        features, familiarity = cached if cached is not None else ({}, {})
-        latencies: dict[str, float] = {}
-        if cached is None:
-            features, familiarity, latencies = self._run_backbones(pixels)
+        missing = list(dict.fromkeys(key for key in keys if key not in cached))  # each new image once
+        first = {key: p for key, p in zip(keys, pixels, strict=True)}
+        results: dict[str, tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float]]] = {}
+        total, done = len(keys), len(keys) - sum(1 for key in keys if key not in cached)
+        if progress and done:
+            progress(done, total)
+        for start in range(0, len(missing), size):
+            batch = missing[start:start + size]
+            features, familiarity, latencies = self._run_backbones([first[key] for key in batch])
             with self._lock:
-                self._features[key] = (features, familiarity)
+                for i, key in enumerate(batch):
+                    entry = ({k: f[i].clone() for k, f in features.items()}, {k: f[i] for k, f in familiarity.items()})
+                    results[key] = (*entry, latencies)
+                    self._features[key] = entry
                 while len(self._features) > self.cache_size:
                     self._features.popitem(last=False)
+            if progress:
+                done += sum(1 for key in keys if key in batch)
+                progress(done, total)
+        return self._predictions(keys, cached, results, calibrated)
 
-        outputs = []
+    def _predictions(self, keys: list[str], cached: dict, results: dict, calibrated: bool) -> list[Prediction]:
+        """The heads of every model over every image at once, then one Prediction per image."""
+        if not keys:
+            return []
+        entries = [cached[key] + ({},) if key in cached else results[key] for key in keys]
+        per_model = {}
         for loaded in self.models:
             start = time.perf_counter()
-            logits = loaded.model.head_all_levels(features[loaded.key].to(self.device))[0].float()
+            features = torch.stack([entry[0][loaded.key] for entry in entries]).to(self.device)
+            logits = loaded.model.head_all_levels(features).float()
             temperature = loaded.model.config.temperature if calibrated else 1.0
-            probs = torch.softmax(logits / temperature, dim=-1).cpu().numpy()
-            head_ms = (time.perf_counter() - start) * 1000
-            outputs.append(ModelOutput(
-                loaded.key, loaded.name, probs, latencies.get(loaded.key, 0.0) + head_ms, from_cache=cached is not None,
-                familiarity=familiarity.get(loaded.key),
-            ))
-        ensemble = np.mean([o.probs for o in outputs], axis=0) if outputs else np.full((len(LEVELS), 3), np.nan)
-        if calibrated and outputs and self.ensemble_temperature != 1.0:
-            ensemble = temperature_scaled(ensemble, self.ensemble_temperature)
-        return Prediction(outputs, ensemble, device=str(self.device), calibrated=calibrated)
+            per_model[loaded.key] = (torch.softmax(logits / temperature, dim=-1).cpu().numpy(),
+                                     (time.perf_counter() - start) * 1000 / max(len(keys), 1))
+        predictions = []
+        for i, (key, (_, familiarity, latencies)) in enumerate(zip(keys, entries, strict=True)):
+            outputs = [ModelOutput(
+                loaded.key, loaded.name, per_model[loaded.key][0][i],
+                latencies.get(loaded.key, 0.0) + per_model[loaded.key][1], from_cache=key in cached,
+                familiarity=familiarity.get(loaded.key), precision=self.precisions[loaded.key].name,
+            ) for loaded in self.models]
+            ensemble = np.mean([o.probs for o in outputs], axis=0) if outputs else np.full((len(LEVELS), 3), np.nan)
+            if calibrated and outputs and self.ensemble_temperature != 1.0:
+                ensemble = temperature_scaled(ensemble, self.ensemble_temperature)
+            predictions.append(Prediction(outputs, ensemble, device=str(self.device), calibrated=calibrated))
+        return predictions
 
-    def _run_backbones(self, pixels: np.ndarray) -> tuple[dict[str, torch.Tensor], dict[str, float],
-                                                          dict[str, float]]:
-        """Each model's pooled features, familiarity score (models with statistics) and time, one pass each."""
-        inputs: dict[DataConfig, torch.Tensor] = {}  # models that share a data config share one input tensor
+    def _run_backbones(self, pixels: list[np.ndarray]) -> tuple[dict[str, torch.Tensor], dict[str, np.ndarray],
+                                                                dict[str, float]]:
+        """Each model's pooled features (N, D), familiarity scores (N,) (models with statistics) and time per
+        slice, one backbone call per model for the whole batch."""
+        inputs: dict[DataConfig, torch.Tensor] = {}  # models that share a data config share one input batch
         features, familiarity, latencies = {}, {}, {}
         for loaded in self.models:
             start = time.perf_counter()
             config = loaded.model.data_config
             if config not in inputs:
-                inputs[config] = slice_to_tensor(pixels, config).to(self.device)
+                inputs[config] = torch.cat([slice_to_tensor(p, config) for p in pixels]).to(self.device)
             batch = inputs[config]
-            if self.device.type == "cuda" and loaded.model.config.backbone_spec.channels_last:
+            if self._channels_last(loaded):
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, bf16=self.bf16):
+            with self.precisions[loaded.key].autocast(self.device):
                 if loaded.familiarity is None:
                     features[loaded.key] = loaded.model.features(batch).float()
                 else:
                     pooled, feature_map = loaded.model.backbone.features_with_map(batch)
                     features[loaded.key] = pooled.float()
                     try:
-                        familiarity[loaded.key] = float(loaded.familiarity.scores(feature_map.float())[0])
+                        familiarity[loaded.key] = loaded.familiarity.scores(feature_map.float())
                     except (IndexError, RuntimeError) as error:  # statistics of another feature map: no flag
                         warn_once(logger, f"{loaded.name}: its familiarity statistics do not fit its feature map "
                                           f"({error}); it cannot flag unfamiliar images.")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            latencies[loaded.key] = (time.perf_counter() - start) * 1000
-        return features, familiarity, latencies
+            latencies[loaded.key] = (time.perf_counter() - start) * 1000 / len(pixels)
+        return features, {k: [float(v) for v in scores] for k, scores in familiarity.items()}, latencies
+
+    def _channels_last(self, loaded: LoadedModel) -> bool:
+        return loaded.model.config.backbone_spec.channels_last and self.device.type == "cuda"
 
     def clear_cache(self) -> None:
         with self._lock:
             self._features.clear()
+
+
+def _checked_batch_size(batch_size: int) -> int:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive whole number of slices, not {batch_size!r}.")
+    return batch_size
 
 
 def _image_key(pixels: np.ndarray) -> str:

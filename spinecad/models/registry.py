@@ -62,9 +62,14 @@ class BackboneSpec:
     cam_layer: str | None = None  # module path in the timm model for heatmaps, e.g. "layer4" or "blocks.-1.norm1"
     cam_reshape: str | None = None  # one of CAM_RESHAPES
     cam_method: str = "gradcam"  # one of CAM_METHODS
+    # Whether CPU inference may run under bf16 autocast (on CPUs with native bf16), decided by the measured
+    # agreement of its probabilities with fp32 (bench/predict.py); None = not measured, so fp32.
+    cpu_bf16: bool | None = None
 
     # Fields that change only how a model is explained, never how it is trained or what it predicts.
     EXPLANATION_FIELDS = ("cam_layer", "cam_reshape", "cam_method")
+    # Fields that change only the arithmetic of inference, never training.
+    INFERENCE_FIELDS = ("cpu_bf16",)
 
     @property
     def data_config(self) -> DataConfig:
@@ -96,8 +101,9 @@ class BackboneSpec:
         return cls(**values)
 
     def training_dict(self) -> dict:
-        """``to_dict`` without the explanation fields: what decides training (resume fingerprints use it)."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.EXPLANATION_FIELDS}
+        """``to_dict`` without the explanation and inference fields: what decides training (resume fingerprints)."""
+        skipped = self.EXPLANATION_FIELDS + self.INFERENCE_FIELDS
+        return {k: v for k, v in self.to_dict().items() if k not in skipped}
 
 
 def timm_row(name: str, display_name: str, architecture: str, pretrained_tag: str, pretraining: str, *,
@@ -186,6 +192,15 @@ def get_spec(name: str) -> BackboneSpec:
         return register(transformers_spec(name[len(HF_PREFIX):]))
     known = ", ".join(sorted(_REGISTRY))
     raise BackboneError(f"Unknown backbone {name!r}. Known: {known}; or 'hf:<Hugging Face model id>'.")
+
+
+def cpu_bf16_allowed(spec: BackboneSpec) -> bool:
+    """Whether ``spec`` may run CPU inference in bf16: its own ``cpu_bf16``, else the verdict of the registry row
+    of the same name and architecture (a checkpoint saved before the field existed), else no."""
+    if spec.cpu_bf16 is not None:
+        return spec.cpu_bf16
+    known = registered(spec.name)
+    return bool(known is not None and known.architecture == spec.architecture and known.cpu_bf16)
 
 
 def profile(name: str) -> tuple[BackboneSpec, ...]:
