@@ -182,7 +182,7 @@ def test_pretrained_weights_offline_fail_with_a_clear_message(phantom_dir, tmp_p
 
 def test_device_option_per_model():
     from spinecad.models.registry import profile
-    from train.cli import _devices
+    from train.run import _devices
 
     specs = list(profile("cpu"))
     chosen = _devices("vit_b16=cpu,swin_b-cpu=meta", specs)

@@ -4,4 +4,5 @@ import sys
 
 from train.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # worker processes (spawn) import this module again: they must not start a run
+    sys.exit(main())

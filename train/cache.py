@@ -34,6 +34,14 @@ class SliceCache:
     def position(self) -> dict[str, int]:
         return {file: i for i, file in enumerate(self.files)}
 
+    def __reduce__(self):
+        """Pickled (to a worker process) as its file name: the worker maps the same file, nothing is copied."""
+        return _open_cache, (str(self.images.filename), self.images.shape, self.files, self.failed, self.size)
+
+
+def _open_cache(path: str, shape: tuple[int, ...], files: list[str], failed: dict[str, str], size: int) -> SliceCache:
+    return SliceCache(np.memmap(path, dtype=np.uint8, mode="r", shape=shape), files, failed, size)
+
 
 def cache_key(files: list[str], size: int) -> str:
     """A digest of the file list, their sizes and modification times, and the side length."""

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
-from spinecad.inference.devices import resolve_device
-from spinecad.models.registry import PROFILES, BackboneError, BackboneSpec, PretrainedWeightsUnavailable, get_spec
+from spinecad.inference.precision import CHOICES as PRECISIONS
+from spinecad.models.registry import PROFILES, BackboneError, PretrainedWeightsUnavailable
 from train.hub import HubPushError
-from train.recipe import DEMO, PAPER, Recipe
-from train.rsna import DatasetLayoutError, build_sample_index, format_counts, read_manifest_csv, write_index
+from train.preflight import PreflightError
+from train.rsna import DatasetLayoutError, build_sample_index, format_counts, write_index
 from train.split import SplitFileError, make_split, split_summary, write_split
 
-SUBCOMMANDS = ("index", "split", "score")
+SUBCOMMANDS = ("index", "split", "score", "localizer")
 
 DESCRIPTION = """\
 Train and evaluate SpineCAD's six spinal canal stenosis models.
@@ -26,11 +25,18 @@ Train and evaluate SpineCAD's six spinal canal stenosis models.
   python -m train --demo             write the phantom set and train the six CPU-profile models (minutes on
                                      a laptop CPU) into checkpoints/, the demo set the app ships
   python -m train --manifest-csv F   train on pre-extracted slices listed in F (image_path,study_id,level,severity)
+  python -m train --data-dir DIR --dry-run
+                                     images found, cache and output sizes, estimated time per model and in total
+  python -m train --data-dir DIR --devices cuda:0,cuda:1
+                                     one worker per device, each taking the next model (default: every GPU)
+  torchrun --nproc-per-node N -m train --data-dir DIR --models vit_b16
+                                     one model data-parallel over N GPUs (DistributedDataParallel)
 
 Subcommands (usable alone):
   python -m train index --data-dir DIR --output FILE.csv    the sample index from the CSVs (images optional)
   python -m train split --data-dir DIR --output FILE.csv    the patient-level 65/15/20 split (study_id,split)
   python -m train score --data-dir DIR --predictions F.csv  score a Kaggle-format predictions file (JSON)
+  python -m train localizer ...                              train the level localizer (see its --help)
 
 Outputs (--output-dir): one Hub-format checkpoint folder per model (config.json, model.safetensors, README.md),
 evaluation/ (predictions, metrics with bootstrap intervals, curves, histories), manifest.json for the app,
@@ -46,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] in SUBCOMMANDS:
-            return {"index": _index, "split": _split, "score": _score}[argv[0]](argv[1:])
+            return {"index": _index, "split": _split, "score": _score, "localizer": _localizer}[argv[0]](argv[1:])
         return _train(argv)
     except (DatasetLayoutError, SplitFileError, BackboneError, PretrainedWeightsUnavailable, HubPushError,
-            ValueError) as error:
+            PreflightError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -74,8 +80,16 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--seed", type=int)
     parser.add_argument("--no-pretrained", action="store_true", help="random initialisation instead of ImageNet")
+    parser.add_argument("--devices", help="comma-separated devices, one worker process each taking the next model "
+                                          "(e.g. cuda:0,cuda:1 or cpu,cpu; default: every visible GPU, else cpu)")
     parser.add_argument("--device", default=None,
-                        help="cuda, cuda:1, cpu, or per model: vit_b16=cuda:0,swin_b=cuda:1 (default: cuda if any)")
+                        help="one process on one device (cuda, cuda:1, cpu), "
+                             "or per model: vit_b16=cuda:0,swin_b=cuda:1")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast precision; auto: bf16 on GPUs that have it, fp16 with loss scaling on older "
+                             "GPUs (T4, P100, V100), fp32 on the CPU")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print images found, cache and output sizes and a timed estimate; train nothing")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for confidence intervals")
     parser.add_argument("--skip-evaluation", action="store_true",
                         help="train only (e.g. one model per GPU in parallel); evaluate later without it")
@@ -89,100 +103,22 @@ def _train_parser() -> argparse.ArgumentParser:
 
 def _train(argv: list[str]) -> int:
     args = _train_parser().parse_args(argv)
-    started = time.perf_counter()
     if not (args.demo or args.data_dir or args.manifest_csv):
         _train_parser().error("give --data-dir, --manifest-csv or --demo")
-    profile_name = args.profile or ("cpu" if args.demo else "paper")
-    recipe = _recipe(args)
-    specs = _specs(args.models, profile_name)
-    output_dir = args.output_dir or (Path("checkpoints") if args.demo else Path("runs") / profile_name)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    devices = _devices(args.device, specs)
+    from train.run import run
 
-    index, facts, title = _load_index(args)
-    print(format_counts(index))
-    from train.pipeline import prepare_data  # torch-heavy imports only for training
-
-    size = max(spec.input_size for spec in specs)
-    data = prepare_data(index, output_dir, args.cache_dir, size, seed=recipe.seed, progress=not args.no_progress)
-    from train.loop import TrainingData, train_model
-
-    training = TrainingData(
-        train=data.dataset("train"), val=data.dataset("val"),
-        facts={**facts, "n_train": int((data.rows["split"] == "train").sum()),
-               "n_val": int((data.rows["split"] == "val").sum())},
-        fingerprint=data.fingerprint(),
-    )
-    for spec in specs if not args.evaluate_only else ():
-        outcome = train_model(spec, recipe, training, output_dir, device=devices[spec.name],
-                              progress=not args.no_progress)
-        print(f"[{spec.name}] best epoch {outcome.best_epoch} (validation macro-F1 {outcome.best_score:.3f})")
-    if args.skip_evaluation:
-        return 0
-    from train.evaluate import evaluate_run
-
-    results = evaluate_run(output_dir, data, device=devices[specs[0].name], title=title, demo=args.demo,
-                           n_boot=args.n_boot)
-    table = pd.DataFrame({key: {k: getattr(v, k) for k in ("accuracy", "macro_f1", "macro_roc_auc")}
-                          for key, v in ((key, splits["test"]) for key, splits in results.items())}).T
-    print("test split:\n" + table.round(3).to_string())
-    if args.push_to_hub:
-        from train.hub import push_run
-
-        push_run(output_dir, args.push_to_hub)
-    print(f"done in {time.perf_counter() - started:.0f} s; outputs in {output_dir}")
-    print(f"serve them: SPINECAD_MANIFEST={(output_dir / 'manifest.json').resolve()} python app.py")
-    return 0
+    return run(args)
 
 
-def _recipe(args: argparse.Namespace) -> Recipe:
-    recipe = DEMO if args.demo else PAPER
-    if args.epochs:
-        recipe = recipe.with_epochs(args.epochs)
-    changes = {name: getattr(args, name) for name in ("batch_size", "lr", "seed") if getattr(args, name) is not None}
-    if args.no_pretrained:
-        changes["pretrained"] = False
-    from dataclasses import replace
-
-    return replace(recipe, **changes)
-
-
-def _specs(models: str | None, profile_name: str) -> list[BackboneSpec]:
-    profile_specs = PROFILES[profile_name]
-    if not models:
-        return list(profile_specs)
-    by_family = {spec.name.removesuffix("-cpu"): spec for spec in profile_specs}
-    return [by_family.get(name.strip()) or get_spec(name.strip()) for name in models.split(",") if name.strip()]
-
-
-def _devices(option: str | None, specs: list[BackboneSpec]) -> dict:
-    if not option or "=" not in option:
-        device = resolve_device(option)
-        return {spec.name: device for spec in specs}
-    chosen = dict(pair.split("=", 1) for pair in option.split(","))
-    devices = {}
-    for spec in specs:
-        family = spec.name.removesuffix("-cpu")
-        devices[spec.name] = resolve_device(chosen.get(spec.name) or chosen.get(family))
-    return devices
-
-
-def _load_index(args: argparse.Namespace):
-    if args.manifest_csv:
-        return read_manifest_csv(args.manifest_csv), {"dataset": f"slices listed in {args.manifest_csv.name}"}, \
-            "SpineCAD models (pre-extracted slices)"
-    if args.demo:
-        from train.phantom import write_phantom_dataset
-
-        # One folder per size: a folder written for another --phantom-studies is never silently reused.
-        data_dir = args.data_dir or Path(".cache") / f"phantom-demo-{args.phantom_studies}"
-        if not (data_dir / "train.csv").exists():
-            print(f"writing the phantom dataset ({args.phantom_studies} studies) to {data_dir}")
-            write_phantom_dataset(data_dir, n_studies=args.phantom_studies, seed=0)
-        facts = {"dataset": "synthetic phantom (RSNA layout)", "demo": True}
-        return build_sample_index(data_dir), facts, "Phantom demo set (synthetic data, not for clinical use)"
-    return build_sample_index(args.data_dir), {"dataset": "RSNA 2024 lumbar spine (Kaggle)"}, \
-        "SpineCAD models (RSNA 2024)"
+def _localizer(argv: list[str]) -> int:
+    try:
+        from train.localizer import main as localizer_main
+    except ModuleNotFoundError as error:
+        if error.name != "train.localizer":
+            raise
+        print("error: the localizer training (train/localizer.py) is not part of this installation.", file=sys.stderr)
+        return 2
+    return localizer_main(argv)
 
 
 def _index(argv: list[str]) -> int:

@@ -7,7 +7,7 @@ paired bootstrap of every two models on the test split (significance.json).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from spinecad.evaluation.store import (
 )
 from spinecad.inference.familiarity import fit_familiarity
 from spinecad.inference.manifest import Manifest, ManifestEntry, write_manifest
+from spinecad.inference.precision import Precision
 from spinecad.inference.predictor import ENSEMBLE
 from spinecad.labels import SEVERITY_COLUMNS, row_id
 from spinecad.models.calibration import temperature_scaled
@@ -61,9 +62,12 @@ def evaluate_run(
     title: str,
     demo: bool,
     n_boot: int = 1000,
+    exclude: Collection[str] = (),
+    precision: Precision | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Metrics]]:
-    """Score every checkpoint in ``output_dir`` and their mean; returns metrics by model key and split.
+    """Score every checkpoint in ``output_dir`` but those in ``exclude`` (e.g. models whose training failed), and
+    their mean; returns metrics by model key and split. ``precision`` defaults to the training one on ``device``.
 
     Re-running it gives the same files: the raw logits never depend on a temperature stored before.
     """
@@ -72,7 +76,7 @@ def evaluate_run(
     for partial in root.rglob(".*.partial") if root.exists() else ():
         partial.unlink(missing_ok=True)
     remove_partials(output_dir / "manifest.json")
-    models = _checkpoints(output_dir)
+    models = [(key, model) for key, model in _checkpoints(output_dir) if key not in exclude]
     if not models:
         raise ValueError(f"No trained checkpoints in {output_dir} to evaluate.")
     raw: dict[str, list[pd.DataFrame]] = {split: [] for split in EVALUATED_SPLITS}
@@ -82,10 +86,11 @@ def evaluate_run(
     val_labels = datasets["val"].labels.numpy()
     for key, model in models:
         model.to(device)
-        logits = {split: predict_logits(model, datasets[split], device)[0] for split in EVALUATED_SPLITS}
+        logits = {split: predict_logits(model, datasets[split], device, precision=precision)[0]
+                  for split in EVALUATED_SPLITS}
         model.config.temperature = round(fit_temperature(logits["val"], val_labels), 6)
-        familiarity = fit_familiarity(feature_maps(model, datasets["train"], device),
-                                      feature_maps(model, datasets["val"], device))
+        familiarity = fit_familiarity(feature_maps(model, datasets["train"], device, precision=precision),
+                                      feature_maps(model, datasets["val"], device, precision=precision))
         model.config.familiarity = familiarity.config()
         results[key] = {}
         for split in EVALUATED_SPLITS:

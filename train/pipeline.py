@@ -12,7 +12,7 @@ import pandas as pd
 from train.cache import SliceCache, attach_positions, build_cache
 from train.data import SliceDataset
 from train.rsna import SampleIndex, write_index
-from train.split import load_or_make_split
+from train.split import load_or_make_split, read_split
 
 
 @dataclass
@@ -42,16 +42,22 @@ def prepare_data(
     *,
     seed: int,
     progress: bool = True,
+    writer: bool = True,
     log: Callable[[str], None] = print,
 ) -> PreparedData:
-    """Split by study (reusing ``output_dir/split.csv``), decode usable slices once, count every exclusion."""
-    write_index(index, output_dir / "index.csv")
+    """Split by study (reusing ``output_dir/split.csv``), decode usable slices once, count every exclusion.
+
+    ``writer=False`` (the other ranks of a data-parallel run) only reads the index, split and cache the writer made.
+    """
+    if writer:
+        write_index(index, output_dir / "index.csv")
     problems = list(index.problems)
     skipped = {"not usable in the index": int((~index.rows["usable"]).sum())}
     rows = index.rows[index.rows["usable"]].copy()
     rows["file"] = [str(index.image_file(path)) for path in rows["image_path"]]
 
-    split = load_or_make_split(output_dir / "split.csv", index, seed=seed)
+    split_path = output_dir / "split.csv"
+    split = load_or_make_split(split_path, index, seed=seed) if writer else read_split(split_path, index)
     rows = rows.merge(split[["study_id", "split"]], on="study_id", how="left")
     skipped["study not in the split"] = int(rows["split"].isna().sum())
     rows = rows[rows["split"].notna()]

@@ -1,7 +1,8 @@
 """Resume state of one model's training run: one safetensors file (tensors + JSON metadata), replaced atomically.
 
-It holds the model and optimizer tensors, the RNG states and the history at the end of the last finished epoch,
-so a run killed at any moment restarts from there and ends exactly as an uninterrupted run would.
+It holds the model and optimizer tensors, the RNG states, the loss scaler's state (fp16 training) and the history at
+the end of the last finished epoch, so a run killed at any moment restarts from there and ends exactly as an
+uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ def save_state(
     rng: dict[str, torch.Tensor],
     state: ResumeState,
     fingerprint: str,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> None:
-    """Write the whole state to ``path`` atomically."""
+    """Write the whole state to ``path`` atomically; ``scaler``'s loss scale and growth counter go with it."""
     tensors = {_MODEL + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     optimizer_state = optimizer.state_dict()
     for index, values in optimizer_state["state"].items():
@@ -49,19 +51,24 @@ def save_state(
         "fingerprint": fingerprint,
         "param_groups": json.dumps(optimizer_state["param_groups"]),
         "resume": json.dumps(state.__dict__),
+        "scaler": json.dumps(scaler.state_dict() if scaler is not None else {}),
     }
     with atomic_path(path) as staging:
         safetensors.torch.save_file(tensors, str(staging), metadata=metadata)
 
 
 def load_state(
-    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str
+    path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, fingerprint: str,
+    scaler: torch.amp.GradScaler | None = None, writer: bool = True,
 ) -> tuple[ResumeState, dict[str, torch.Tensor]] | None:
-    """Restore model and optimizer from ``path``; None when there is no usable state for this exact run.
+    """Restore model, optimizer and (when given and enabled) the loss scaler from ``path``; None when there is no
+    usable state for this exact run.
 
-    Staged copies a killed run left beside ``path`` are deleted first (only this model's run writes them).
+    The writer (the one process of a run that writes the state) first deletes the staged copies a killed run left
+    beside ``path``; the other ranks of a data-parallel run only read.
     """
-    remove_partials(path)
+    if writer:
+        remove_partials(path)
     if not path.exists():
         return None
     try:
@@ -79,5 +86,8 @@ def load_state(
             index, name = key[len(_OPTIMIZER):].split(".", 1)
             per_param.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": per_param, "param_groups": json.loads(metadata["param_groups"])})
+    scaler_state = json.loads(metadata.get("scaler", "{}"))
+    if scaler is not None and scaler.is_enabled() and scaler_state:
+        scaler.load_state_dict(scaler_state)
     rng = {k[len(_RNG):]: v for k, v in tensors.items() if k.startswith(_RNG)}
     return ResumeState(**json.loads(metadata["resume"])), rng
