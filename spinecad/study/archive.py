@@ -18,6 +18,7 @@ MAX_MEMBERS = 3000  # files in one upload; a lumbar study holds a few hundred at
 MAX_TOTAL_BYTES = 768 * 2**20  # all files together, inflated
 MAX_MEMBER_BYTES = 64 * 2**20  # one file (the slice reader's own limit)
 MAX_RATIO = 200  # inflated / compressed size of a member; DICOM slices compress 2-10x
+MAX_UPLOAD_BYTES = 256 * 2**20  # one uploaded file, e.g. a study's zip (the app's upload limit)
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _ARCHIVE_SUFFIXES = (".zip", ".tar", ".gz", ".tgz", ".7z", ".rar", ".bz2", ".xz")
 
@@ -62,12 +63,20 @@ def _is_archive(name: str, data: bytes) -> bool:
     return data[:4] in _ZIP_MAGIC or name.lower().endswith(_ARCHIVE_SUFFIXES)
 
 
-def gather(sources: Iterable[str | os.PathLike | bytes]) -> Gathered:
-    """Read every file of the given zips, folders and files (or zip bytes) into memory, within the limits."""
+def gather(sources: Iterable[str | os.PathLike | bytes | Member]) -> Gathered:
+    """Read every file of the given zips, folders and files (zip bytes, or members already in memory) into memory,
+    within the limits."""
     gathered = Gathered()
     for source in sources:
         if isinstance(source, (bytes, bytearray)):
             _read_zip(io.BytesIO(bytes(source)), gathered)
+            continue
+        if isinstance(source, Member):
+            if source.data[:4] in _ZIP_MAGIC:
+                _read_zip(io.BytesIO(source.data), gathered)
+            else:
+                gathered.count(1)
+                gathered.add(source.name, source.data)
             continue
         path = Path(source)
         if path.is_dir():

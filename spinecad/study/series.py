@@ -104,7 +104,7 @@ class Study:
         return [series.describe() for series in self.series]
 
 
-def read_study(sources: Iterable[str | os.PathLike | bytes], *, study_id: str | None = None) -> Study:
+def read_study(sources: Iterable[str | os.PathLike | bytes | Member], *, study_id: str | None = None) -> Study:
     """Read a study from zips, folders or files (StudyError when it is not one readable study)."""
     gathered = gather(sources)
     skipped = Counter(gathered.skipped)

@@ -2,7 +2,7 @@
 
 Nothing outside this package imports it: the library below knows no screen, and ``train`` never stands on it.
 
-    demo = ui.build(predictor, examples_dir=...)   # a gr.Blocks: Predict and Compare tabs, /predict and /explain
+    demo = ui.build(predictor, examples_dir=...)   # Predict, Study, Compare tabs; /predict, /explain, /predict_study
     ui.launch(demo)                                 # queue, limits, theme, CSS
 """
 
@@ -18,13 +18,14 @@ from gradio.utils import get_upload_folder
 from spinecad.evaluation.artefacts import ENSEMBLE_KEY, ArtefactError
 from spinecad.evaluation.store import load_metrics
 from spinecad.examples import read_example_index
-from spinecad.imaging.limits import MAX_FILE_BYTES
 from spinecad.inference.manifest import ManifestError
 from spinecad.inference.predictor import Predictor
 from spinecad.logs import warn_once
+from spinecad.study.archive import MAX_UPLOAD_BYTES
 from spinecad.ui import text as ui_text
 from spinecad.ui.compare_tab import CompareTab
 from spinecad.ui.predict_tab import PredictTab
+from spinecad.ui.study_tab import StudyTab
 
 CSS = files("spinecad.ui").joinpath("style.css").read_text(encoding="utf-8")
 logger = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def ensemble_temperature(evaluation_dir: Path | None) -> float:
 
 
 def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: str | None = None) -> gr.Blocks:
-    """The app around a loaded predictor: a banner, the Predict tab (with the API) and the Compare tab.
+    """The app around a loaded predictor: a banner, the Predict tab, the Study tab (with the APIs) and the Compare tab.
 
     Uploads land in Gradio's upload folder (GRADIO_TEMP_DIR), which Gradio reads here, at launch and on every
     request: set it before building and leave it while the app serves.
@@ -83,6 +84,8 @@ def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: st
             with gr.Tab("Predict", id="predict"):
                 PredictTab(predictor, demo=demo, examples=examples, examples_dir=examples_dir,
                            upload_root=upload_root, problem=problem).render()
+            with gr.Tab("Study", id="study"):
+                StudyTab(predictor, upload_root=upload_root, problem=problem).render()
             with gr.Tab("Compare", id="compare") as compare_tab:
                 CompareTab(manifest.evaluation_dir if manifest else None, [m.key for m in predictor.models],
                            upload_root).render(compare_tab)
@@ -91,6 +94,6 @@ def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: st
 
 def launch(blocks: gr.Blocks, **options) -> tuple:
     """Queue and serve the app with its limits, theme and CSS (GRADIO_SERVER_NAME / _PORT honoured)."""
-    settings = {"max_file_size": MAX_FILE_BYTES, "css": CSS, "theme": gr.themes.Soft(), "footer_links": ["api"],
+    settings = {"max_file_size": MAX_UPLOAD_BYTES, "css": CSS, "theme": gr.themes.Soft(), "footer_links": ["api"],
                 "ssr_mode": False, **options}
     return blocks.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE).launch(**settings)

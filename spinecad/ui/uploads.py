@@ -58,16 +58,18 @@ class _RecentUploads:
 _RECENT = _RecentUploads(SHARED_UPLOAD_TTL_S, SHARED_UPLOAD_MAX_BYTES)
 
 
-def consume_upload(path: str | os.PathLike[str], upload_root: str | os.PathLike[str]) -> bytes:
+def consume_upload(path: str | os.PathLike[str], upload_root: str | os.PathLike[str], *,
+                   limit: int = MAX_FILE_BYTES) -> bytes:
     """Return the bytes of an uploaded file and delete it (and its folder, once empty) from ``upload_root``.
 
-    Files outside ``upload_root`` (e.g. the committed examples) are read but never deleted.
+    Files outside ``upload_root`` (e.g. the committed examples) are read but never deleted. ``limit``: most bytes
+    read (a slice's limit by default; a study's zip may be larger).
     """
     upload = Path(path)
     key = str(upload.resolve())
     try:
         with upload.open("rb") as handle:
-            data = handle.read(MAX_FILE_BYTES + 1)
+            data = handle.read(limit + 1)
     except FileNotFoundError:
         shared = _RECENT.get(key)  # an identical upload's request read it a moment ago
         if shared is None:
@@ -77,8 +79,9 @@ def consume_upload(path: str | os.PathLike[str], upload_root: str | os.PathLike[
         raise ImageReadError("A folder was given where one image file was expected.") from None
     finally:
         removed = remove_upload(upload, upload_root)
-    if len(data) > MAX_FILE_BYTES:
-        raise ImageReadError(f"The file is larger than the {MAX_FILE_BYTES // 2**20} MB allowed for one slice.")
+    if len(data) > limit:
+        what = "one slice" if limit == MAX_FILE_BYTES else "one upload"
+        raise ImageReadError(f"The file is larger than the {limit // 2**20} MB allowed for {what}.")
     if removed:
         _RECENT.put(key, data)
     return data
