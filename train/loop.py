@@ -172,9 +172,10 @@ def train_model(
             write_history(output_dir / "evaluation", spec.name, _history_for_file(state.history))
             save_state(state_path, model=model, optimizer=optimizer, state=state, fingerprint=fingerprint,
                        rng=_rng_state(device, shuffler), scaler=scaler)
+        shared = f" | {len(data.train)} samples, each read once by one of {ranks.world_size} ranks" if ranks else ""
         log(f"[{spec.name}] epoch {epoch + 1}: train loss {row['train_loss']:.3f} F1 {row['train_macro_f1']:.3f} | "
             f"val loss {val_loss:.3f} acc {row['val_accuracy']:.3f} F1 {row['val_macro_f1']:.3f} | "
-            f"{row['seconds']:.1f} s")
+            f"{row['seconds']:.1f} s{shared}")
     distributed.barrier()  # the other ranks leave only once rank 0 has written the last epoch
     return TrainOutcome(spec.name, checkpoint_dir, state.history, state.best_epoch, state.best_score, resumed_from)
 
