@@ -28,6 +28,7 @@ class SagittalPoint(BaseModel):
     y: float
     placed_by: str = "user"
     confidence: float | None = None
+    series_folder: str | None = None  # Kaggle layout: the sagittal series' folder, where instance numbers repeat
 
     @field_validator("x", "y")
     @classmethod
@@ -123,6 +124,8 @@ def _place(study: Study, level: str, request: LevelRequest | None) -> Placement:
 
 def _place_point(study: Study, level: str, request: SagittalPoint, axial: list[Series]) -> Placement:
     sagittal = [s for s in ([study.sagittal] if study.sagittal else []) + study.series if s.plane == "sagittal"]
+    if request.series_folder is not None:
+        sagittal = [s for s in sagittal if s.folder == request.series_folder]
     found = next(((s, i) for s in sagittal if (i := s.index_of(request.sagittal_instance)) is not None), None)
     unplaced = {"placed_by": request.placed_by, "confidence": request.confidence}
     if found is None:

@@ -65,6 +65,12 @@ class Series:
         kind = " ".join(part for part in (self.plane.capitalize(), self.weighting) if part)
         return f"{kind}, {len(self.slices)} slice{'s' * (len(self.slices) != 1)}"
 
+    @property
+    def folder(self) -> str | None:
+        """The folder holding the series' files when they all share one (a Kaggle layout names it by series)."""
+        folders = {s.member.name.replace("\\", "/").rpartition("/")[0].rpartition("/")[2] for s in self.slices}
+        return folders.pop() if len(folders) == 1 else None
+
     def index_of(self, instance_number: int) -> int | None:
         """Position in ``slices`` of the slice with that InstanceNumber (the first, if repeated)."""
         return next((i for i, s in enumerate(self.slices) if s.instance_number == instance_number), None)
