@@ -12,6 +12,9 @@ Layout under an evaluation root (schema version ``SCHEMA_VERSION``)::
     <model_key>/<split>/curves.json       CurvesDocument: ROC/PR points per grade, reliability curves
     significance.json                     optional, SignificanceDocument: paired patient-level bootstrap of every
                                           two models' difference in macro F1 and macro ROC-AUC on one split
+    localizers/<key>/<split>/points.csv   optional, the disc-level localiser: one LocalizerPointRow per level
+    localizers/<key>/<split>/metrics.json LocalizerDocument: point error in mm, same axial slice, mix-ups, per level
+    localizers/<key>/<split>/<study>.png  a few of the split's sagittal slices the points are drawn on
 
 Predictions, metrics and curves are of the raw (uncalibrated) probabilities; calibration is reported beside them.
 Every number is finite (``null`` where a metric is undefined), counts are integers, unknown fields are refused.
@@ -318,3 +321,56 @@ class Summary(Artefact):
     def display_names(self) -> dict[str, str]:
         """Model key -> display name, in column order."""
         return {model.key: model.display_name for model in self.models}
+
+
+# ---- localizers/<key>/<split>/: the disc-level localiser -----------------------------------------------------
+
+class LocalizerPointRow(Artefact):
+    """One labelled level of one study: the labelled and the predicted point (pixels of the labelled slice)."""
+
+    study_id: Count
+    level: Literal[LEVELS]
+    x_true: Number
+    y_true: Number
+    x_pred: Number
+    y_pred: Number
+    confidence: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0.0, le=1.0)]
+    error_mm: Annotated[float, Strict(), AllowInfNan(False), Field(ge=0.0)]
+    same_axial: bool | None  # both points map to the same axial slice; None where the study has no axial series
+    neighbour_mixup: bool  # the point lies nearer a neighbouring level's labelled point than its own
+
+
+LOCALIZER_POINT_COLUMNS: tuple[str, ...] = tuple(LocalizerPointRow.model_fields)
+
+
+class PointErrors(Artefact):
+    """Point errors of a set of levels (all, or one level): mm with PixelSpacing applied."""
+
+    n: Count
+    mean_mm: Optional
+    median_mm: Optional
+    p90_mm: Optional
+    n_axial: Count  # levels of studies with an axial series
+    same_axial: Optional  # share of those whose point maps to the labelled point's axial slice
+    neighbour_mixups: Count
+    below_min_confidence: Count  # the study mode leaves these unplaced
+
+
+class SliceRule(Artefact):
+    """How often the slice rule lands on the labelled sagittal instance, or next to it."""
+
+    rule: str
+    n_studies: Count
+    exact: Optional
+    within_one: Optional
+
+
+class LocalizerDocument(Artefact):
+    schema_version: Count
+    model_key: str
+    split: Split
+    min_confidence: Number
+    overall: PointErrors
+    per_level: dict[str, PointErrors]
+    slice_rule: SliceRule | None = None  # None where the series' positions could not be read
+    examples: list[int] = []  # study ids whose slice is stored as <study>.png beside the points

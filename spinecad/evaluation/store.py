@@ -15,19 +15,23 @@ from typing import TypeVar
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ValidationError
+from PIL import Image
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from spinecad.atomic import write_text_atomic
+from spinecad.atomic import atomic_path, write_text_atomic
 from spinecad.evaluation import bootstrap, metrics
 from spinecad.evaluation.artefacts import (
     ENSEMBLE_KEY,
     EVALUATED_SPLITS,
     HISTORY_COLUMNS,
+    LOCALIZER_POINT_COLUMNS,
     PREDICTION_COLUMNS,
     SCHEMA_VERSION,
     ArtefactError,
     CurvesDocument,
     EvaluatedModel,
+    LocalizerDocument,
+    LocalizerPointRow,
     MetricsDocument,
     SignificanceDocument,
     Summary,
@@ -35,6 +39,7 @@ from spinecad.evaluation.artefacts import (
     checked_split,
 )
 from spinecad.evaluation.tables import (
+    TableError,
     aligned_probabilities,
     canonical_history,
     canonical_input,
@@ -86,6 +91,11 @@ def significance_path(root: str | Path) -> Path:
 
 def _split_dir(root: str | Path, model_key: str, split: str) -> Path:
     return Path(root) / checked_key(model_key) / checked_split(split)
+
+
+def localizer_dir(root: str | Path, key: str, split: str) -> Path:
+    """Where a localiser's artefacts for a split live: points.csv, metrics.json and example slices."""
+    return Path(root) / "localizers" / checked_key(key) / checked_split(split)
 
 
 # ---- JSON documents -----------------------------------------------------------------------------------------
@@ -310,3 +320,65 @@ def validate_tree(root: str | Path) -> list[Path]:
     if problems:
         raise ArtefactError(Path(root), f"{len(problems)} problem(s):\n  " + "\n  ".join(problems))
     return checked
+
+
+# ---- The disc-level localiser --------------------------------------------------------------------------------
+
+def write_localizer_evaluation(root: str | Path, key: str, split: str, points: pd.DataFrame,
+                               document: LocalizerDocument) -> None:
+    """Validate and write a localiser's points.csv and metrics.json for one split."""
+    folder = localizer_dir(root, key, split)
+    if (document.model_key, document.split) != (key, split):
+        raise ValueError(f"the document holds {document.model_key}/{document.split}, not {key}/{split}")
+    table = points[list(LOCALIZER_POINT_COLUMNS)]
+    TypeAdapter(list[LocalizerPointRow]).validate_python(table.astype(object).where(table.notna(), None)
+                                                         .to_dict(orient="records"))
+    write_csv(folder / "points.csv", table)
+    _write_json(folder / "metrics.json", document)
+
+
+def load_localizer_metrics(root: str | Path, key: str, split: str) -> LocalizerDocument:
+    """Read and validate a localiser's metrics.json."""
+    return _read_split_json(localizer_dir(root, key, split) / "metrics.json", LocalizerDocument, key, split)
+
+
+def load_localizer_points(root: str | Path, key: str, split: str) -> pd.DataFrame:
+    """Read and validate a localiser's points.csv (LOCALIZER_POINT_COLUMNS)."""
+    return read_csv(localizer_dir(root, key, split) / "points.csv", _canonical_points)
+
+
+def _canonical_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """points.csv as read (text) -> typed columns, checked against LocalizerPointRow (TableError otherwise)."""
+    missing = [column for column in LOCALIZER_POINT_COLUMNS if column not in frame.columns]
+    if missing:
+        raise TableError(f"missing column(s) {', '.join(missing)}")
+    flags = {"True": True, "False": False}
+    table = pd.DataFrame({column: pd.to_numeric(frame[column], errors="coerce") for column in
+                          ("study_id", "x_true", "y_true", "x_pred", "y_pred", "confidence", "error_mm")})
+    table.insert(1, "level", frame["level"])
+    table["same_axial"] = frame["same_axial"].map(lambda value: flags.get(value, value))
+    table["neighbour_mixup"] = frame["neighbour_mixup"].map(lambda value: flags.get(value, value))
+    table = table[list(LOCALIZER_POINT_COLUMNS)]
+    records = table.astype(object).where(table.notna(), None).to_dict(orient="records")
+    for record in records:
+        if isinstance(record["study_id"], float) and record["study_id"].is_integer():
+            record["study_id"] = int(record["study_id"])
+    try:
+        TypeAdapter(list[LocalizerPointRow]).validate_python(records)
+    except ValidationError as error:
+        raise TableError(_problem(error)) from error
+    return table.astype({"study_id": "int64"})
+
+
+def localizer_example_path(root: str | Path, key: str, split: str, study_id: int) -> Path:
+    """Where one example slice of a localiser's evaluation lives (greyscale PNG, the slice's own pixels)."""
+    return localizer_dir(root, key, split) / f"{int(study_id)}.png"
+
+
+def write_localizer_example(root: str | Path, key: str, split: str, study_id: int, pixels: np.ndarray) -> Path:
+    """Write a [0, 1] slice as an 8-bit PNG, atomically."""
+    path = localizer_example_path(root, key, split, study_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as staging:
+        Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(staging, format="PNG")
+    return path

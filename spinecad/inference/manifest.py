@@ -12,11 +12,15 @@ Format (``checkpoints/manifest.json``, written down here once)::
          "path": "vit_b16",                   # optional local folder (relative to the manifest) with the checkpoint
          "repo_id": "org/spinecad-vit-b16",   # optional Hub model repo ...
          "revision": "0123abc...40 hex"}      # ... at a pinned commit (required with repo_id)
-      ]
+      ],
+      "localizer":                            # optional: the disc-level localiser the study mode places levels with
+        {"key": "localizer-cpu", "name": "Disc-level localiser",
+         "path": "localizer-cpu"}             # path and/or repo_id + revision, exactly as a model entry
     }
 
 An entry with ``repo_id`` loads from the Hub (or its local cache) at ``revision``; when that fails and ``path``
-exists, the local copy is used and the predictor says so.
+exists, the local copy is used and the predictor says so. Without a ``localizer`` the study mode asks the user to
+click the levels (``spinecad.inference.localizing.load_localizer`` says why when one is listed but fails to load).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class Manifest:
     title: str = "SpineCAD models"
     demo: bool = False
     evaluation: str | None = None
+    localizer: ManifestEntry | None = None  # the disc-level localiser, when one is listed
     root: Path = field(default=Path("."), compare=False)
 
     def local_path(self, entry: ManifestEntry) -> Path | None:
@@ -85,33 +90,47 @@ def read_manifest(path: str | Path) -> Manifest:
         raise ManifestError(f"{path}: \"models\" must be a non-empty list.")
     entries = []
     for number, raw in enumerate(raw_models, start=1):
-        entries.append(_entry(path, number, raw))
+        entries.append(_entry(f"{path}: model {number}", raw))
     keys = [entry.key for entry in entries]
     if len(set(keys)) != len(keys):
         raise ManifestError(f"{path}: model keys must be unique (got {', '.join(keys)}).")
+    localizer = values.get("localizer")
     return Manifest(
         models=tuple(entries),
         title=str(values.get("title", "SpineCAD models")),
         demo=bool(values.get("demo", False)),
         evaluation=values.get("evaluation"),
+        localizer=None if localizer is None else _entry(f"{path}: the localizer", localizer),
         root=path.resolve().parent,
     )
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> None:
-    """Write a manifest atomically (paths stay relative to its folder)."""
+    """Write a manifest atomically (paths stay relative to its folder). A localiser the file at ``path`` lists
+    already is kept when ``manifest`` names none: the graders' training rewrites the file without knowing of it."""
+    localizer = manifest.localizer
+    if localizer is None and Path(path).is_file():
+        try:
+            localizer = read_manifest(path).localizer
+        except ManifestError:
+            localizer = None
     values = {
         "format": FORMAT,
         "title": manifest.title,
         "demo": manifest.demo,
         "evaluation": manifest.evaluation,
-        "models": [{k: v for k, v in asdict(entry).items() if v is not None} for entry in manifest.models],
+        "models": [_entry_dict(entry) for entry in manifest.models],
     }
+    if localizer is not None:
+        values["localizer"] = _entry_dict(localizer)
     write_text_atomic(path, json.dumps(values, indent=2) + "\n")
 
 
-def _entry(path: Path, number: int, raw: object) -> ManifestEntry:
-    where = f"{path}: model {number}"
+def _entry_dict(entry: ManifestEntry) -> dict:
+    return {k: v for k, v in asdict(entry).items() if v is not None}
+
+
+def _entry(where: str, raw: object) -> ManifestEntry:
     if not isinstance(raw, dict):
         raise ManifestError(f"{where} is not a JSON object.")
     unknown = set(raw) - {"key", "name", "path", "repo_id", "revision"}

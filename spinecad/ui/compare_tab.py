@@ -1,6 +1,7 @@
 """The app's Compare tab: Table 2 with intervals and calibration, ROC/PR curves, confusion matrices, reliability
 diagrams and training curves per split, the paired-bootstrap matrix of differences between models, plus an optional
-outside model from an uploaded Kaggle-format predictions file. Each chart has its reading aid beside it.
+outside model from an uploaded Kaggle-format predictions file; and, when the evaluation holds one, the disc-level
+localiser's error table and its points on a few test slices. Each chart has its reading aid beside it.
 
 Reading and scoring are ``spinecad.evaluation.comparison``'s, figures ``spinecad.ui.charts``'; this module lays them
 out. Every handler returns a dict keyed by component.
@@ -18,7 +19,7 @@ from spinecad.evaluation import comparison
 from spinecad.evaluation import store as evaluation
 from spinecad.evaluation.scoring import ScoringError
 from spinecad.imaging import ImageReadError
-from spinecad.ui import charts
+from spinecad.ui import charts, localizer_view
 from spinecad.ui import text as ui_text
 from spinecad.ui.tables import metrics_table, paper_table, two_line_cells
 from spinecad.ui.uploads import consume_upload
@@ -29,8 +30,12 @@ PRIVATE = {"api_visibility": "private"}
 class CompareTab:
     """Builds the Compare tab's components and events inside the current ``gr.Blocks``."""
 
-    def __init__(self, evaluation_root: Path | None, loaded_keys: Sequence[str], upload_root: str | Path) -> None:
+    def __init__(self, evaluation_root: Path | None, loaded_keys: Sequence[str], upload_root: str | Path,
+                 localizer_key: str | None = None) -> None:
         self.root = evaluation_root
+        # The localiser shown: the one named, else the first whose artefacts the evaluation holds.
+        self.localizer_key = localizer_key or next(iter(localizer_view.localizer_keys(evaluation_root)), None)
+        self._localizer_figure = None
         self.upload_root = upload_root
         self.problem: str | None = None
         self._columns: dict[str, list[comparison.ColumnResults]] = {}
@@ -87,7 +92,29 @@ class CompareTab:
         table, roc, pr, matrix, reliability = figures
         return {self.metrics: table, self.roc_plot: roc, self.pr_plot: pr,
                 self.confusion_picker: gr.update(choices=names, value=chosen), self.confusion_plot: matrix,
-                self.reliability_plot: reliability, self.outside_note: note}
+                self.reliability_plot: reliability, self.outside_note: note, **self.localizer_views(split)}
+
+    def localizer_views(self, split: str) -> dict:
+        """The localiser's error table and note for ``split`` (nothing when the evaluation holds no localiser)."""
+        if self.localizer_key is None:
+            return {}
+        try:
+            document = evaluation.load_localizer_metrics(self.root, self.localizer_key, split)
+        except evaluation.ArtefactError as error:
+            return {self.localizer_table: None,
+                    self.localizer_note: f"✖ The localiser's results cannot be read: {error}"}
+        return {self.localizer_table: localizer_view.error_table(document),
+                self.localizer_note: localizer_view.slice_rule_note(document)}
+
+    def localizer_figure(self):
+        """Predicted against labelled points on the stored test slices (drawn once)."""
+        if self._localizer_figure is None:
+            try:
+                document = evaluation.load_localizer_metrics(self.root, self.localizer_key, "test")
+                self._localizer_figure = localizer_view.points_figure(self.root, self.localizer_key, "test", document)
+            except evaluation.ArtefactError as error:
+                self._localizer_figure = charts.message_figure(f"The localiser's test results cannot be read: {error}")
+        return self._localizer_figure
 
     def _draw(self, columns: list[comparison.ColumnResults], split: str, chosen: str) -> tuple:
         confusion = next(c for c in columns if c.name == chosen)
@@ -119,8 +146,9 @@ class CompareTab:
         if self._history is None:
             self._history = charts.history_figure(comparison.load_histories(self.root, self.keys))
         significance, note = self.significance()
+        localizer = {self.localizer_plot: self.localizer_figure()} if self.localizer_key else {}
         return {**self.views(split, outside, confusion_name), self.history_plot: self._history,
-                self.significance_plot: significance, self.significance_note: note}
+                self.significance_plot: significance, self.significance_note: note, **localizer}
 
     def add_outside(self, upload: str | None, split: str, confusion_name: str | None) -> dict:
         """Read (and delete) an uploaded predictions file and show it as one more column."""
@@ -178,12 +206,20 @@ class CompareTab:
         self.significance_note = gr.Markdown("", elem_id="significance-note")
         gr.Markdown("### Training curves")
         self.history_plot = _chart_with_reading_aid("history-plot", ui_text.HISTORY_EXPLAINED)
-
         views = [self.metrics, self.roc_plot, self.pr_plot, self.confusion_picker, self.confusion_plot,
                  self.reliability_plot, self.outside_note]
+        opened = [self.history_plot, self.significance_plot, self.significance_note]
+        if self.localizer_key:
+            gr.Markdown("### Disc-level localiser: where it puts each level")
+            self.localizer_table = gr.Dataframe(label="Point error per level on this split", interactive=False,
+                                                wrap=True, elem_id="localizer-table")
+            self.localizer_note = gr.Markdown("", elem_id="localizer-note")
+            self.localizer_plot = _chart_with_reading_aid("localizer-plot", localizer_view.EXPLAINED)
+            views += [self.localizer_table, self.localizer_note]
+            opened.append(self.localizer_plot)
+
         inputs = [split, self.outside_state, self.confusion_picker]
-        tab.select(self.opened, inputs, [*views, self.history_plot, self.significance_plot, self.significance_note],
-                   **PRIVATE)
+        tab.select(self.opened, inputs, [*views, *opened], **PRIVATE)
         split.change(self.views, inputs, views, **PRIVATE)
         self.outside_upload.upload(self.add_outside, [self.outside_upload, split, self.confusion_picker],
                                    [self.outside_state, self.outside_upload, *views], **PRIVATE)
