@@ -150,3 +150,12 @@ def demo_predictor():
     from spinecad.inference.predictor import Predictor
 
     return Predictor.from_manifest(DEMO_MANIFEST, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def phantom_studies(tmp_path_factory):
+    """Twelve phantom studies in the Kaggle layout (sagittal T2/STIR + axial T2, canal points), 256 px like the demo
+    set's training images; ``.truth`` says which axial instance the phantom placed at each level."""
+    from train.phantom import write_phantom_dataset
+
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom-studies"), n_studies=12, seed=11)
