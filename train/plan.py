@@ -26,7 +26,7 @@ from train.recipe import Recipe
 from train.rsna import SampleIndex
 from train.split import make_split
 
-TIMED_STEPS, TIMING_BATCH, DECODE_SAMPLE = 2, 8, 8
+TIMED_STEPS, DECODE_SAMPLE = 2, 8
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,10 @@ def dry_run(index: SampleIndex, specs: list[BackboneSpec], recipe: Recipe, *, ou
     counts = make_split(index).merge(usable[["study_id"]], on="study_id")["split"].value_counts()
     n_train, n_val, n_test = (int(counts.get(split, 0)) for split in ("train", "val", "test"))
     decode = 0.0 if cached else _decode_seconds(found) * len(found)
-    log(f"timing on {device} ({precision.name}; {TIMED_STEPS} steps of {TIMING_BATCH} images per phase, "
-        f"random init); {n_train} train / {n_val} val / {n_test} test samples, {recipe.epochs} epochs")
-    estimates = [_estimate(spec, recipe, device, precision, n_train, n_val, n_test) for spec in specs]
+    batch = max(1, min(recipe.batch_size, n_train))
+    log(f"timing on {device} ({precision.name}; {TIMED_STEPS} steps of {batch} images per phase, random init); "
+        f"{n_train} train / {n_val} val / {n_test} test samples, {recipe.epochs} epochs")
+    estimates = [_estimate(spec, recipe, device, precision, batch, (n_train, n_val, n_test)) for spec in specs]
     for estimate in estimates:
         log(f"  {estimate.name:<24} {_duration(estimate.seconds_per_epoch)} per epoch, "
             f"{_duration(estimate.seconds)} with evaluation")
@@ -69,13 +70,14 @@ def dry_run(index: SampleIndex, specs: list[BackboneSpec], recipe: Recipe, *, ou
         f"{len(specs)} models on {workers} worker{'s' * (workers > 1)})")
 
 
-def _estimate(spec: BackboneSpec, recipe: Recipe, device: torch.device, precision: Precision,
-              n_train: int, n_val: int, n_test: int) -> ModelEstimate:
+def _estimate(spec: BackboneSpec, recipe: Recipe, device: torch.device, precision: Precision, batch: int,
+              counts: tuple[int, int, int]) -> ModelEstimate:
+    n_train, n_val, n_test = counts
     torch.manual_seed(0)
     model = SpineCADModel(ModelConfig(backbone=spec.to_dict(), head=recipe.head)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr)
-    images = torch.rand(TIMING_BATCH, 3, spec.input_size, spec.input_size, device=device)
-    levels = torch.zeros(TIMING_BATCH, dtype=torch.long, device=device)
+    images = torch.rand(batch, 3, spec.input_size, spec.input_size, device=device)
+    levels = torch.zeros(batch, dtype=torch.long, device=device)
     per_phase = []
     for phase in recipe.phases:
         set_trainable(model, phase)
@@ -87,7 +89,7 @@ def _estimate(spec: BackboneSpec, recipe: Recipe, device: torch.device, precisio
             loss.backward()
             optimizer.step()
 
-        per_phase.append(_timed(step, device) / TIMING_BATCH)
+        per_phase.append(_timed(step, device) / batch)
     model.eval()
 
     @torch.inference_mode()
@@ -95,7 +97,7 @@ def _estimate(spec: BackboneSpec, recipe: Recipe, device: torch.device, precisio
         with precision.autocast(device):
             model(images, levels)
 
-    infer = _timed(forward, device) / TIMING_BATCH
+    infer = _timed(forward, device) / batch
     train = sum(seconds * n_train * phase.epochs for seconds, phase in zip(per_phase, recipe.phases, strict=True))
     validation = infer * n_val * recipe.epochs
     evaluation = infer * (2 * n_val + n_test + n_train)  # logits of val and test, feature maps of train and val
