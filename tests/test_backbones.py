@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from spinecad.models.backbones import build_backbone
+from spinecad.models.model import SpineCADModel
 from spinecad.models.registry import (
     CPU_PROFILE,
     PAPER_PROFILE,
@@ -100,6 +101,22 @@ def test_transformers_backbone_behind_the_same_interface():
     assert len(backbone.layer_groups()) >= 8
     rebuilt = build_backbone(BackboneSpec.from_dict(spec.to_dict()))  # from config.json alone, offline
     assert rebuilt.num_features == 32
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if get_spec(name).input_size >= 224 else name
+    for name in list_backbones()
+])
+def test_every_registered_backbone_loads_from_its_checkpoint_built_on_the_meta_device(name: str, tmp_path):
+    torch.manual_seed(0)
+    model = SpineCADModel.build(name).eval()
+    model.save_pretrained(tmp_path)
+    loaded = SpineCADModel.load(tmp_path)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+    size = model.data_config.input_size
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.equal(loaded.features(images), model.features(images))
 
 
 def test_cpu_profile_has_no_pretrained_weights_to_fetch():

@@ -46,10 +46,28 @@ def test_save_load_round_trip_gives_identical_logits(cpu_models, tmp_path, index
     with torch.no_grad():
         after = loaded(images, levels)
     assert torch.equal(before, after)
+    tensors = [*loaded.parameters(), *loaded.buffers()]
+    assert not any(t.is_meta for t in tensors)  # non-persistent buffers (Swin, BEiT) were built, not left empty
+    assert all(p.requires_grad for p in loaded.parameters())  # trainable as a fresh model, e.g. for fine-tuning
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert config["backbone"]["name"] == CPU_PROFILE[index].name
     assert config["backbone"]["input_size"] == model.data_config.input_size
     assert config["class_names"] == ["Normal/Mild", "Moderate", "Severe"] and len(config["level_names"]) == 5
+
+
+def test_loading_builds_without_random_initialisation(cpu_models, tmp_path):
+    """The weights come from the file alone: building on the meta device draws no random numbers at all."""
+    for model in cpu_models:
+        model.save_pretrained(tmp_path / model.config.backbone["name"])
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    for model in cpu_models:
+        SpineCADModel.load(tmp_path / model.config.backbone["name"])
+    assert torch.equal(torch.rand(4), expected)
+    torch.manual_seed(0)
+    SpineCADModel.build(CPU_PROFILE[0].name)  # while a fresh build does initialise
+    assert not torch.equal(torch.rand(4), expected)
 
 
 def test_two_halves_equal_forward_and_all_levels(cpu_models):

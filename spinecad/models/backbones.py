@@ -11,6 +11,7 @@ import threading
 
 import timm
 import torch
+from timm.models._manipulate import reinit_non_persistent_buffers
 from torch import nn
 
 from spinecad.models.preprocess import DataConfig
@@ -47,6 +48,10 @@ class Backbone(nn.Module):
     def load_pretrained_weights(self) -> None:
         """Fetch the spec's pretrained weights (Hub or cache) into this backbone."""
         raise NotImplementedError
+
+    def init_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
+        """Give buffers left on the meta device (computed at build time, not saved) real memory on ``device``;
+        a family that can recompute their values does so (``TimmBackbone``), the others leave them on meta."""
 
     def layer_groups(self) -> list[list[nn.Parameter]]:
         """Parameters grouped by the module that owns them, ordered input -> output ("layers" to unfreeze)."""
@@ -110,6 +115,13 @@ class TimmBackbone(Backbone):
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def init_non_persistent_buffers(self, device: str | torch.device = "cpu") -> None:
+        for module in self.model.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_meta:
+                    module._buffers[name] = torch.empty_like(buffer, device=device)
+        reinit_non_persistent_buffers(self.model)  # timm's own: each module recomputes what it derived
+
     def cam_layer(self) -> nn.Module:
         path = self.cam_spec().cam_layer
         module: nn.Module = self.model
@@ -156,8 +168,8 @@ class TransformersBackbone(Backbone):
         config_values = dict(spec.kwargs["config"])
         config = AutoConfig.for_model(config_values.pop("model_type"), **config_values)
         self.model = AutoModel.from_config(config)
-        with torch.no_grad():
-            probe = torch.zeros(1, 3, spec.input_size, spec.input_size)
+        with torch.no_grad():  # on the parameters' device: meta while a checkpoint is being loaded
+            probe = torch.zeros(1, 3, spec.input_size, spec.input_size, device=next(self.model.parameters()).device)
             self.num_features = int(self.features(probe).shape[1])
 
     def features(self, images: torch.Tensor) -> torch.Tensor:

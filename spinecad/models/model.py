@@ -184,7 +184,9 @@ class SpineCADModel(
             raise CheckpointError(f"{model_id}: no readable config.json.")
         if not strict:
             raise CheckpointError("SpineCAD checkpoints load strictly; strict=False is not supported.")
-        model = cls(model_kwargs.pop("config"))
+        config = model_kwargs.pop("config")
+        with torch.device("meta"):  # no memory and no random initialisation: every tensor comes from the file
+            model = cls(config)
         if os.path.isdir(model_id):
             weights = os.path.join(model_id, WEIGHTS_FILE)
             if not os.path.isfile(weights):
@@ -196,7 +198,13 @@ class SpineCADModel(
             )
         state = safetensors.torch.load_file(weights, device=str(map_location))
         _check_state_dict(model, state)
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=True)  # the file's tensors become the parameters: no copy
+        model.backbone.init_non_persistent_buffers(map_location)
+        if any(t.is_meta for t in model.buffers()):  # a module that cannot recompute its buffers: build it fully
+            warn_once(logger, f"{model.display_name}: its backbone cannot be built on the meta device; it is "
+                              "initialised, then loaded (slower start).")
+            model = cls(config)
+            model.load_state_dict(state, strict=True)
         return model.eval()
 
     @classmethod
