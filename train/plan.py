@@ -80,6 +80,9 @@ def _estimate(spec: BackboneSpec, recipe: Recipe, device: torch.device, precisio
     levels = torch.zeros(batch, dtype=torch.long, device=device)
     per_phase = []
     for phase in recipe.phases:
+        if phase.epochs == 0:
+            per_phase.append(0.0)
+            continue
         set_trainable(model, phase)
 
         def step() -> None:
