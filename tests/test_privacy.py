@@ -172,3 +172,29 @@ def test_identical_uploads_in_flight_together_are_all_graded_and_all_removed(app
     results = [job.result(timeout=120) for job in jobs]
     assert all(BURNED_IN_TEXT_WARNING in result["warnings"] for result in results)
     assert_nothing_left(app)
+
+
+def test_a_study_with_the_identity_in_every_file_leaks_none_of_it(app, client, upload, phantom_studies):
+    import json
+    import zipfile
+
+    from tests.study_fixture import simple_study
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(simple_study(phantom_studies).rglob("*.dcm")):
+            ds = pydicom.dcmread(path)
+            for keyword, value in {**IDENTITY, "SeriesDescription": f"{ds.SeriesDescription} Doe^Jane"}.items():
+                setattr(ds, keyword, value)
+            member = io.BytesIO()
+            ds.save_as(member)
+            archive.writestr(f"{FILE_NAME}/{ds.SeriesNumber}/{ds.InstanceNumber}.dcm", member.getvalue())
+    answer = client.predict(handle_file(str(upload(buffer.getvalue(), ".zip"))), '{"L2/L3": {"axial_instance": 5}}',
+                            api_name="/predict_study")
+    assert answer["levels"]["L2/L3"]["ensemble"] is not None
+    assert [s["weighting"] for s in answer["series"]] == ["T2/STIR", "T2"]  # the description's weighting only
+    assert leaks(json.dumps(answer)) == []
+    with pytest.raises(AppError) as refused:
+        client.predict(handle_file(str(upload(buffer.getvalue()[:5000], ".zip"))), "{}", api_name="/predict_study")
+    assert leaks(str(refused.value)) == []
+    assert_nothing_left(app)

@@ -40,13 +40,14 @@ def sagittal_html(pixels: np.ndarray, points: dict[str, tuple[float, float]], ca
         for level, (x, y) in points.items()
     )
     return (
-        '<figure class="spinecad-preview spinecad-sagittal" style="position:relative;margin:0">'
+        '<figure class="spinecad-preview spinecad-sagittal">'
+        '<div style="position:relative;width:100%;max-width:440px;margin:0 auto;line-height:0">'
         f'<img class="spinecad-clickable" src="{png_data_uri(pixels)}" data-width="{columns}" data-height="{rows}" '
         'alt="Sagittal slice: click the spinal canal at a disc to place that level" '
-        'style="width:100%;display:block;cursor:crosshair">'
+        'style="display:block;width:100%;max-width:none;cursor:crosshair">'
         f'<svg viewBox="0 0 {columns} {rows}" preserveAspectRatio="none" '
-        'style="position:absolute;left:0;top:0;width:100%;height:calc(100% - 2.2em);pointer-events:none">'
-        f"{marks}</svg><figcaption>{html.escape(caption)}</figcaption></figure>"
+        'style="position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none">'
+        f"{marks}</svg></div><figcaption>{html.escape(caption)}</figcaption></figure>"
     )
 
 
