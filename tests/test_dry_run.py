@@ -133,3 +133,10 @@ def test_a_cache_disk_without_space_is_refused_before_decoding(phantom, tmp_path
     assert re.search(r"Not enough disk space: the run needs [\d.]+ KB \(cache [\d.]+ KB in \S+cache, plus 10%\), "
                      r"but only [\d.]+ KB is free there", result.stderr), result.stderr[-2000:]
     assert "decoding" not in result.stderr + result.stdout and "epoch" not in result.stdout
+
+
+def test_a_precision_the_device_cannot_run_is_refused(phantom, tmp_path, capsys):
+    code, _, stderr = train(capsys, "--demo", "--data-dir", str(phantom), "--devices", "cpu", "--precision", "fp16",
+                            "--output-dir", str(tmp_path / "out"))
+    assert code == 2 and "fp16 is a GPU precision" in stderr, stderr
+    assert not (tmp_path / "out").exists()

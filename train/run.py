@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
         workers = preflight.parse_devices(args.devices)
         devices = {spec.name: workers[0] for spec in specs}
     precisions = {name: choose_precision(device, training=True, forced=forced) for name, device in devices.items()}
+    for device in workers:  # a precision a worker's device cannot run is refused here, not in the worker
+        choose_precision(device, training=True, forced=forced)
     writer = ranks is None or ranks.writer
     log = print if writer else _silent
     if not args.dry_run:
