@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from spinecad.atomic import recover_directory, replace_directory
 from spinecad.inference.devices import autocast
-from spinecad.models.localizer import OUTPUT_STRIDE, LocalizerConfig, LocalizerModel, soft_argmax
+from spinecad.models.localizer import OUTPUT_STRIDE, LocalizerConfig, LocalizerModel, decode_maps
 from spinecad.models.preprocess import normalise, resize_unit
 from train.loop import _restore_rng, _rng_state, use_deterministic_kernels
 from train.state import ResumeState, load_state, save_state
@@ -51,7 +51,7 @@ class LocalizerRecipe:
 
 
 PAPER_RECIPE = LocalizerRecipe()
-DEMO_RECIPE = LocalizerRecipe(epochs=30, batch_size=8, lr=2e-3, pretrained=False)
+DEMO_RECIPE = LocalizerRecipe(epochs=60, batch_size=8, lr=2e-3, pretrained=False)
 
 
 @dataclass
@@ -106,8 +106,10 @@ def model_input(images: torch.Tensor, config: LocalizerConfig) -> torch.Tensor:
     return normalise(images, data)
 
 
-def point_loss(logits: torch.Tensor, points: torch.Tensor, recipe: LocalizerRecipe) -> torch.Tensor:
-    """Mean over labelled levels inside the image of the map cross-entropy plus the weighted soft-argmax L1."""
+def point_loss(logits: torch.Tensor, points: torch.Tensor, recipe: LocalizerRecipe, window: int) -> torch.Tensor:
+    """Mean over labelled levels inside the image of the map's cross-entropy against a Gaussian at the point, plus
+    the weighted L1 distance (cells) of the point ``decode_maps`` reads: the soft-argmax in the window around the
+    peak. (A soft-argmax over the whole map is pulled towards the map's centre by its spread-out mass.)"""
     height, width = logits.shape[-2:]
     cells = (points + 0.5) / OUTPUT_STRIDE - 0.5  # input pixel -> heatmap cell coordinates
     valid = torch.isfinite(cells).all(-1) & (cells >= -0.5).all(-1) & (cells[..., 0] <= width - 0.5) & \
@@ -119,8 +121,10 @@ def point_loss(logits: torch.Tensor, points: torch.Tensor, recipe: LocalizerReci
     xs = torch.arange(width, device=logits.device, dtype=torch.float32).view(1, 1, 1, width)
     distance = (xs - cells[..., 0, None, None]) ** 2 + (ys - cells[..., 1, None, None]) ** 2
     target = torch.softmax((-distance / (2 * recipe.sigma_cells ** 2)).flatten(2), dim=-1)
-    cross_entropy = -(target * logits.float().flatten(2).log_softmax(-1)).sum(-1)
-    l1 = ((soft_argmax(logits) - points.nan_to_num()) / OUTPUT_STRIDE).abs().sum(-1)
+    log_probs = logits.float().flatten(2).log_softmax(-1)
+    cross_entropy = -(target * log_probs).sum(-1)
+    found, _ = decode_maps(logits.float(), window)
+    l1 = ((found - points.nan_to_num()) / OUTPUT_STRIDE).abs().sum(-1)
     return ((cross_entropy + recipe.l1_weight * l1) * valid).sum() / valid.sum()
 
 
@@ -181,7 +185,7 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
             optimizer.zero_grad(set_to_none=True)
             with autocast(device):
                 logits = model(model_input(images, config).to(device))
-            loss = point_loss(logits, points.to(device), recipe)
+            loss = point_loss(logits, points.to(device), recipe, config.window)
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(rows)

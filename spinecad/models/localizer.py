@@ -148,7 +148,6 @@ class LocalizerModel(
             top = lateral(stage) + F.interpolate(top, size=stage.shape[-2:], mode="bilinear", align_corners=False)
         return self.heads(self.smooth(top))
 
-    @torch.no_grad()
     def decode(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L, 2) points as (x, y) in input pixels and (B, L) confidences from logit maps."""
         return decode_maps(logits.float(), self.config.window)
@@ -228,12 +227,3 @@ def decode_maps(logits: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.
     points = torch.stack((x, y), dim=-1) * OUTPUT_STRIDE + (OUTPUT_STRIDE / 2 - 0.5)
     return points, mass.clamp(0.0, 1.0)
 
-
-def soft_argmax(logits: torch.Tensor) -> torch.Tensor:
-    """(B, L, 2) expected (x, y) in input pixels over each whole map: differentiable, for the training loss."""
-    batch, levels, height, width = logits.shape
-    probs = logits.float().flatten(2).softmax(-1).view(batch, levels, height, width)
-    ys = torch.arange(height, device=logits.device, dtype=probs.dtype)
-    xs = torch.arange(width, device=logits.device, dtype=probs.dtype)
-    points = torch.stack(((probs.sum(2) * xs).sum(-1), (probs.sum(3) * ys).sum(-1)), dim=-1)
-    return points * OUTPUT_STRIDE + (OUTPUT_STRIDE / 2 - 0.5)
