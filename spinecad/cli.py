@@ -6,8 +6,9 @@
 
 A study is a zip or a folder of DICOM files; a folder whose sub-folders are studies (Kaggle's ``test_images/``) is
 every one of them. Levels are placed from the canal points of a coordinates CSV in the ``train_label_coordinates.csv``
-format (``study_id, series_id, instance_number, condition, level, x, y``); a level without a point is not graded, and
-the run says so per study. The output has one row per graded level: ``row_id,normal_mild,moderate,severe``.
+format (``study_id, series_id, instance_number, condition, level, x, y``); a study without points there is placed by
+the manifest's localiser when it lists one. A level left unplaced is not graded, and the run says so per study.
+The output has one row per graded level: ``row_id,normal_mild,moderate,severe``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ from tqdm import tqdm
 from spinecad.atomic import atomic_path
 from spinecad.evaluation.scoring import SUBMISSION_COLUMNS
 from spinecad.imaging import ImageReadError, read_slice
+from spinecad.inference.localizing import load_localizer
 from spinecad.inference.manifest import ManifestError
 from spinecad.inference.predictor import Predictor
-from spinecad.inference.study import grade_study
+from spinecad.inference.study import Localised, grade_study, localise, place_with_localiser
 from spinecad.labels import CONDITION, LEVELS, SEVERITY_COLUMNS, level_index, row_id
-from spinecad.study import SagittalPoint, StudyError, place_levels, read_study
+from spinecad.study import SagittalPoint, StudyError, read_study
 
 COORDINATE_COLUMNS = ("study_id", "series_id", "instance_number", "condition", "level", "x", "y")
 
@@ -64,6 +66,7 @@ def _predict(args) -> int:
     if not predictor.models:
         raise ValueError(f"no model of {args.manifest} could be loaded: "
                          + "; ".join(f"{f.name}: {f.reason}" for f in predictor.failures))
+    localizer, localizer_problem = load_localizer(predictor.manifest)
     rows, placed, problems = [], [], 0
     for path in tqdm(studies + slices, desc="grading", unit="input", file=sys.stderr):
         try:
@@ -72,7 +75,10 @@ def _predict(args) -> int:
                 rows.append(_row(_slice_study_id(path), level, prediction.ensemble[LEVELS.index(level)]))
                 continue
             study = read_study([path], study_id=None)
-            placements = place_levels(study, points.get(study.study_id, {}))
+            given = points.get(study.study_id, {})
+            # Without points for the study, the manifest's localiser (when it lists one) places the levels.
+            localised = localise(localizer, study, problem=localizer_problem) if not given else Localised()
+            placements = place_with_localiser(study, given, localised)
             grades = grade_study(predictor, study, placements, calibrated=args.calibrated, profile=False)
         except (StudyError, ImageReadError) as error:
             problems += 1
@@ -80,7 +86,8 @@ def _predict(args) -> int:
             continue
         rows += grades.rows()
         placed += [{"study_id": study.study_id, "level": lv, "series_folder": p.series.folder if p.placed else None,
-                    "axial_instance": p.axial_instance, "distance_mm": p.distance_mm, "note": p.note}
+                    "axial_instance": p.axial_instance, "distance_mm": p.distance_mm, "placed_by": p.placed_by,
+                    "confidence": p.confidence, "note": p.note}
                    for lv, p in grades.placements.items()]
         missing = [f"{lv} ({p.note})" for lv, p in grades.placements.items() if lv not in grades.predictions]
         if missing:
@@ -90,7 +97,7 @@ def _predict(args) -> int:
     if args.placements:
         with atomic_path(args.placements) as tmp:
             pd.DataFrame(placed, columns=["study_id", "level", "series_folder", "axial_instance", "distance_mm",
-                                          "note"]).to_csv(tmp, index=False)
+                                          "placed_by", "confidence", "note"]).to_csv(tmp, index=False)
     print(f"wrote {len(rows)} rows to {args.output}" + (f"; {problems} input(s) could not be read" if problems else ""))
     return 1 if problems and not rows else 0
 

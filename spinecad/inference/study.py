@@ -7,14 +7,15 @@ series, the ensemble's probabilities at every level for every slice (the stenosi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from spinecad.imaging import ImageReadError, Slice
+from spinecad.inference.localizing import Localizer, LocalizerInputError
 from spinecad.inference.predictor import Prediction, Predictor
 from spinecad.labels import LEVELS, SEVERITY_COLUMNS, row_id
-from spinecad.study import Placement, Series, Study
+from spinecad.study import LevelRequest, Placement, SagittalPoint, Series, Study, place_levels
 
 
 @dataclass
@@ -89,6 +90,55 @@ def study_warnings(study: Study) -> list[str]:
     if study.sagittal is None:
         warnings.append("The study has no sagittal series: levels can only be placed by choosing axial slices.")
     return warnings
+
+
+@dataclass
+class Localised:
+    """The localiser's points on a study's sagittal series as level requests, and what it could not place."""
+
+    requests: dict[str, SagittalPoint] = field(default_factory=dict)
+    sagittal_instance: int | None = None  # the slice it ran on
+    notes: dict[str, str] = field(default_factory=dict)  # level -> why it was left unplaced
+    problem: str = ""  # why it did not run at all
+
+
+def localise(localizer: Localizer | None, study: Study, *, problem: str = "") -> Localised:
+    """Place the levels on the study's sagittal series with the localiser; a level below its confidence
+    threshold is left unplaced (the user clicks it), never guessed."""
+    if localizer is None:
+        return Localised(problem=problem)
+    series = study.sagittal
+    try:
+        if series is None:
+            raise LocalizerInputError("The study has no sagittal series, so the levels cannot be placed by "
+                                      "themselves: choose each level's axial slice.")
+        stack = [s.read().pixels for s in series.slices]
+        index = localizer.choose_slice(stack)
+        points = localizer.predict(stack[index])
+    except (LocalizerInputError, ImageReadError) as error:
+        return Localised(problem=str(error))
+    chosen = series.slices[index]
+    found = Localised(sagittal_instance=chosen.instance_number)
+    for point in points:
+        if point.confidence >= localizer.min_confidence:
+            found.requests[point.level] = SagittalPoint(
+                sagittal_instance=chosen.instance_number, x=round(point.x, 2), y=round(point.y, 2),
+                placed_by="localiser", confidence=round(point.confidence, 4))
+        else:
+            found.notes[point.level] = (f"the localiser's confidence ({point.confidence:.2f}) is below its threshold "
+                                        f"({localizer.min_confidence:.2f}): click this level")
+    return found
+
+
+def place_with_localiser(study: Study, requests: dict[str, LevelRequest], localised: Localised) -> dict[str, Placement]:
+    """Placements from the user's requests and, for the levels the user left alone, the localiser's points; a level
+    neither placed says why (the localiser's own reason when it declined it)."""
+    placements = place_levels(study, {**localised.requests, **requests})
+    for level, placement in placements.items():
+        if not placement.placed and level not in requests and level not in localised.requests:
+            note = localised.notes.get(level) or localised.problem or placement.note
+            placements[level] = replace(placement, note=note)
+    return placements
 
 
 def grade_study(

@@ -18,6 +18,7 @@ from gradio.utils import get_upload_folder
 from spinecad.evaluation.artefacts import ENSEMBLE_KEY, ArtefactError
 from spinecad.evaluation.store import load_metrics
 from spinecad.examples import read_example_index
+from spinecad.inference.localizing import load_localizer
 from spinecad.inference.manifest import ManifestError
 from spinecad.inference.predictor import Predictor
 from spinecad.logs import warn_once
@@ -71,6 +72,7 @@ def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: st
     """
     manifest = predictor.manifest
     demo = bool(manifest and manifest.demo)
+    localizer, localizer_problem = load_localizer(manifest)  # None and why when none is listed or it fails
     examples = read_example_index(examples_dir) if examples_dir is not None else []
     upload_root = get_upload_folder()
     banner = ui_text.banner_markdown(
@@ -85,7 +87,8 @@ def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: st
                 PredictTab(predictor, demo=demo, examples=examples, examples_dir=examples_dir,
                            upload_root=upload_root, problem=problem).render()
             with gr.Tab("Study", id="study"):
-                StudyTab(predictor, upload_root=upload_root, problem=problem).render()
+                StudyTab(predictor, upload_root=upload_root, problem=problem, localizer=localizer,
+                         localizer_problem=localizer_problem).render()
             with gr.Tab("Compare", id="compare") as compare_tab:
                 CompareTab(manifest.evaluation_dir if manifest else None, [m.key for m in predictor.models],
                            upload_root).render(compare_tab)

@@ -14,10 +14,11 @@ import gradio as gr
 import spaces
 
 from spinecad.imaging import ImageReadError
+from spinecad.inference.localizing import Localizer
 from spinecad.inference.predictor import Predictor
-from spinecad.inference.study import StudyGrades, grade_study, study_warnings
+from spinecad.inference.study import Localised, StudyGrades, grade_study, localise, place_with_localiser, study_warnings
 from spinecad.labels import LEVELS
-from spinecad.study import Study, StudyError, parse_levels, place_levels, read_study
+from spinecad.study import Study, StudyError, parse_levels, read_study
 from spinecad.study.archive import MAX_UPLOAD_BYTES, Member
 from spinecad.ui import study_text
 from spinecad.ui import text as ui_text
@@ -34,20 +35,29 @@ class StudySession:
 
     study: Study
     requests: dict[str, dict] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # the localiser's reasons for the levels it left out
 
 
 class StudyTab:
     """The Study tab's components and events, built inside the current ``gr.Blocks``."""
 
-    def __init__(self, predictor: Predictor, *, upload_root: str | Path, problem: str | None = None) -> None:
+    def __init__(self, predictor: Predictor, *, upload_root: str | Path, problem: str | None = None,
+                 localizer: Localizer | None = None, localizer_problem: str = "") -> None:
         self.predictor, self.upload_root, self.problem = predictor, upload_root, problem
+        self.localizer, self.localizer_problem = localizer, localizer_problem
         self.run_grading: Callable[..., StudyGrades] = spaces.GPU(duration=120)(self._run_grading)
 
     # ---- the library ----------------------------------------------------------------------------------------
 
-    def _run_grading(self, study: Study, requests: dict, calibrated: bool, progress=None) -> StudyGrades:
-        placements = place_levels(study, parse_levels(requests))
+    def _run_grading(self, study: Study, requests: dict, calibrated: bool, progress=None, *,
+                     auto: bool = False) -> StudyGrades:
+        """``auto``: the localiser places the levels the requests leave out (the page has placed them already)."""
+        localised = self.localise(study) if auto else Localised()
+        placements = place_with_localiser(study, parse_levels(requests), localised)
         return grade_study(self.predictor, study, placements, calibrated=calibrated, progress=progress)
+
+    def localise(self, study: Study) -> Localised:
+        return localise(self.localizer, study, problem=self.localizer_problem)
 
     def read(self, uploads: str | list[str] | None) -> Study:
         """The study in one or more uploads, each deleted from the server before anything else happens."""
@@ -67,11 +77,12 @@ class StudyTab:
         except StudyError as error:
             refuse(str(error))
 
-    def grade(self, study: Study, requests: dict, probabilities: str, progress=None) -> dict:
+    def grade(self, study: Study, requests: dict, probabilities: str, progress=None, *, auto: bool = False) -> dict:
         if not self.predictor.models:
             refuse("No models are loaded, so nothing can be graded. " + (self.problem or ""))
         try:
-            return self.run_grading(study, requests, PROBABILITIES.get(probabilities, False), progress).to_dict()
+            return self.run_grading(study, requests, PROBABILITIES.get(probabilities, False), progress,
+                                    auto=auto).to_dict()
         except StudyError as error:
             refuse(str(error))
 
@@ -81,7 +92,9 @@ class StudyTab:
         """Grade a study (a zip of DICOM files): each level from a sagittal point or a chosen axial instance.
 
         ``levels``: JSON, ``{}`` or per level ``{"sagittal_instance": N, "x": px, "y": px}`` or
-        ``{"axial_instance": N}``. Returns the series, per-level grades of every model, Kaggle rows and warnings.
+        ``{"axial_instance": N}``; a level left out is placed by the localiser when the manifest lists one
+        (``placed_by``: "localiser", with its confidence). Returns the series, per-level grades of every model, Kaggle
+        rows and warnings.
         """
         study = self.read(upload)
         try:
@@ -91,7 +104,7 @@ class StudyTab:
             refuse(str(error))
         if probabilities not in PROBABILITIES:
             refuse(f"Unknown probabilities {probabilities!r}; expected 'raw' or 'calibrated'.")
-        return self.grade(study, requests, probabilities)
+        return self.grade(study, requests, probabilities, auto=True)
 
     # ---- the page -------------------------------------------------------------------------------------------
 
@@ -101,6 +114,10 @@ class StudyTab:
         except gr.Error as error:
             return {**self._empty(), self.series_md: f"### ✖ Cannot read this study\n\n{error.message}"}
         study = session.study
+        localised = self.localise(study)
+        session.requests = {level: request.model_dump(exclude_none=True) for level, request in
+                            localised.requests.items()}
+        session.notes = localised.notes if self.localizer else {}
         descriptions = study.describe()
         index = study.series.index
         shown = {
@@ -108,7 +125,8 @@ class StudyTab:
             self.series_md: study_text.series_markdown(
                 descriptions, index(study.axial) if study.axial else None,
                 index(study.sagittal) if study.sagittal else None),
-            self.warnings: ui_text.warnings_markdown(study_warnings(study)),
+            self.warnings: ui_text.warnings_markdown(
+                study_warnings(study) + ([localised.problem] if self.localizer and localised.problem else [])),
             **self._results(None),
         }
         sagittal, axial = study.sagittal, study.axial
@@ -196,12 +214,15 @@ class StudyTab:
                                   f"({_clamp(number, series)} of {len(series.slices)}, head to feet)")
 
     def _placements(self, session: StudySession) -> str:
-        placements = place_levels(session.study, parse_levels(session.requests))
+        placements = place_with_localiser(session.study, parse_levels(session.requests),
+                                          Localised(notes=session.notes))
         rows = []
         for level, placement in placements.items():
             if placement.placed:
                 how = (f"{placement.distance_mm:g} mm from the point" if placement.distance_mm is not None
                        else "chosen by hand")
+                if placement.placed_by == "localiser":
+                    how += f"; placed by the localiser, confidence {placement.confidence:.2f}: click to move it"
                 rows.append((level, f"axial slice #{placement.axial_instance} ({how})"))
             else:
                 rows.append((level, placement.note))
