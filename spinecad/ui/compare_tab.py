@@ -210,11 +210,11 @@ class CompareTab:
                  self.reliability_plot, self.outside_note]
         opened = [self.history_plot, self.significance_plot, self.significance_note]
         if self.localizer_key:
-            gr.Markdown("### Disc-level localiser: where it puts each level")
+            gr.Markdown(f"### Disc-level localiser: where it puts each level\n{localizer_view.EXPLAINED}")
             self.localizer_table = gr.Dataframe(label="Point error per level on this split", interactive=False,
                                                 wrap=True, elem_id="localizer-table")
             self.localizer_note = gr.Markdown("", elem_id="localizer-note")
-            self.localizer_plot = _chart_with_reading_aid("localizer-plot", localizer_view.EXPLAINED)
+            self.localizer_plot = gr.Plot(show_label=False, elem_id="localizer-plot")
             views += [self.localizer_table, self.localizer_note]
             opened.append(self.localizer_plot)
 

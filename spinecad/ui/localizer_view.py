@@ -17,7 +17,8 @@ from spinecad.labels import LEVELS
 LEVEL_COLOURS: dict[str, str] = dict(zip(LEVELS, ("#0072B2", "#009E73", "#E69F00", "#CC79A7", "#D55E00"),
                                          strict=True))
 EXPLAINED = (
-    "Each level's canal point as the localiser puts it on the sagittal slice, against the labelled one. **Error** "
+    "Each level's canal point as the localiser puts it on the sagittal slice (crosses), against the labelled one "
+    "(rings), on a few test studies. **Error** "
     "is the distance in mm (PixelSpacing applied); **same axial slice** is the share of levels whose point maps, "
     "by DICOM geometry, to the axial slice the labelled point maps to, which is what the grade depends on. A "
     "**mix-up** is a point nearer the neighbouring disc's labelled point than its own: the costly error, since "
