@@ -154,3 +154,20 @@ def test_a_study_is_graded_in_batches_like_slice_by_slice(phantom_studies, demo_
         f"{folder.name}_spinal_canal_stenosis_{key}" for key in ("l1_l2", "l2_l3", "l3_l4", "l4_l5", "l5_s1")]
     text = str(answer)
     assert "PHANTOM" not in text and "1.2." not in text  # no patient name, no UID
+
+
+def test_slices_that_are_not_parallel_are_reported(phantom_studies, tmp_path):
+    import pydicom
+
+    folder = simple_study(phantom_studies)
+    copy = tmp_path / folder.name
+    shutil.copytree(folder, copy)
+    axial = next(s for s in copy.iterdir() if len(list(s.glob("*.dcm"))) == 15)
+    for path in sorted(axial.glob("*.dcm"))[:5]:  # one stack tilted 25 degrees, as RSNA series often hold
+        ds = pydicom.dcmread(path)
+        tilt = np.radians(25.0)
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, float(np.cos(tilt)), float(np.sin(tilt))]
+        ds.save_as(path)
+    study = read_study([copy])
+    assert any("not parallel" in problem for problem in study.axial.problems), study.axial.problems
+    assert len(study.axial.slices) == 15
