@@ -105,6 +105,17 @@ def tiny_config() -> LocalizerConfig:
     return LocalizerConfig(backbone={**spec.to_dict(), "input_size": 64}, decoder_channels=8)
 
 
+@pytest.mark.parametrize("profile", sorted(LOCALIZER_BACKBONES))
+def test_each_profile_builds_one_map_per_level_at_a_quarter_of_the_input(profile):
+    spec = LOCALIZER_BACKBONES[profile]
+    config = LocalizerConfig(backbone=spec.to_dict(), decoder_channels=8)
+    model = LocalizerModel(LocalizerConfig.from_dict(json.loads(json.dumps(config.to_dict())))).eval()
+    with torch.no_grad():
+        maps = model(torch.zeros(1, 3, 96, 96))
+    assert maps.shape == (1, len(LEVELS), 24, 24)
+    assert model.data_config.input_size == spec.input_size and (profile == "cpu") == (spec.pretrained_tag is None)
+
+
 def test_checkpoint_round_trip_is_strict_and_safetensors_only(tmp_path):
     torch.manual_seed(0)
     model = LocalizerModel(tiny_config()).eval()
