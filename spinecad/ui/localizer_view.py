@@ -66,6 +66,7 @@ def points_figure(root: Path, key: str, split: str, document: LocalizerDocument)
     studies = [s for s in document.examples if store.localizer_example_path(root, key, split, s).is_file()]
     figure = make_subplots(rows=1, cols=max(len(studies), 1), horizontal_spacing=0.02,
                            subplot_titles=[f"study {s}" for s in studies] or [""])
+    legend: set[str] = set()  # each level named once, where it is first drawn
     for column, study in enumerate(studies, start=1):
         with Image.open(store.localizer_example_path(root, key, split, study)) as image:
             pixels = np.asarray(image.convert("L"))
@@ -76,15 +77,17 @@ def points_figure(root: Path, key: str, split: str, document: LocalizerDocument)
             at = rows[rows["level"] == level]
             if at.empty:
                 continue
-            first = column == 1
-            colour = LEVEL_COLOURS[level]
+            first, colour = level not in legend, LEVEL_COLOURS[level]
+            legend.add(level)
             figure.add_trace(go.Scatter(
                 x=at["x_true"], y=at["y_true"], mode="markers", name=f"{level} labelled", legendgroup=level,
+                legendrank=2 * LEVELS.index(level),
                 showlegend=first, marker={"symbol": "circle-open", "size": 14, "color": colour, "line": {"width": 3}},
                 hovertemplate=f"{level} labelled<extra></extra>"), row=1, col=column)
             figure.add_trace(go.Scatter(
                 x=at["x_pred"], y=at["y_pred"], mode="markers", name=f"{level} predicted", legendgroup=level,
-                showlegend=first, marker={"symbol": "x-thin", "size": 12, "color": colour, "line": {"width": 3}},
+                legendrank=2 * LEVELS.index(level) + 1,
+                showlegend=first, marker={"symbol": "x-thin", "size": 12, "line": {"width": 3, "color": colour}},
                 customdata=np.column_stack([at["error_mm"], at["confidence"]]),
                 hovertemplate=f"{level} predicted: %{{customdata[0]:.1f}} mm off, confidence "
                               "%{customdata[1]:.2f}<extra></extra>"), row=1, col=column)
