@@ -44,7 +44,7 @@ def fresh_phantom(tmp_path_factory):
 
 # ---- Labels --------------------------------------------------------------------------------------------------
 
-def test_real_csvs_count_studies_with_all_some_or_no_canal_points(rsna_dir, capsys):
+def test_real_csvs_count_studies_with_all_some_or_no_canal_points(rsna_dir, capsys, tmp_path):
     from train.localizer import main
 
     counts = canal_labels(rsna_dir).counts
@@ -54,6 +54,9 @@ def test_real_csvs_count_studies_with_all_some_or_no_canal_points(rsna_dir, caps
     assert main(["--data-dir", str(rsna_dir), "--labels-only"]) == 0
     printed = capsys.readouterr().out
     assert f"all five canal points on a sagittal series {counts['all_five']}, some {counts['some']}" in printed
+    # Training needs the images: without them it stops with a message, not a traceback.
+    assert main(["--data-dir", str(rsna_dir), "--output-dir", str(tmp_path), "--no-pretrained"]) == 2
+    assert "training needs the images" in capsys.readouterr().err
 
 
 def test_phantom_labels_follow_its_scenarios(fresh_phantom):

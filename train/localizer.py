@@ -12,6 +12,7 @@ split for both. Rerun the same command after a kill: training resumes from its l
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def main(argv: list[str]) -> int:
     try:
         return _run(args)
     except (DatasetLayoutError, SplitFileError, BackboneError, PretrainedWeightsUnavailable, ManifestError) as error:
-        print(f"error: {error}")
+        print(f"error: {error}", file=sys.stderr)
         return 2
 
 
@@ -104,6 +105,10 @@ def _run(args: argparse.Namespace) -> int:
     for problem in problems[:10]:
         print(f"skipped: {problem}")
     print(f"studies with a readable labelled slice: {len(samples)} (skipped {len(problems)})")
+    for name in ("train", "val", "test"):
+        if not any(by_split.get(sample.study_id) == name for sample in samples):
+            raise DatasetLayoutError(f"no {name} study has a readable labelled sagittal slice in {data_dir}/"
+                                     "train_images: training needs the images (--labels-only counts without them).")
     sets = _point_sets(samples, by_split, args.cache_dir, spec.input_size)
 
     checkpoint_dir = output_dir / key
