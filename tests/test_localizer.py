@@ -170,7 +170,7 @@ def test_manifest_localizer_entry_is_read_kept_and_failures_are_said(tmp_path):
 
 
 def test_a_broken_localizer_checkpoint_is_a_clear_message(tmp_path):
-    folder = shutil.copytree(DEMO_MANIFEST.parent / "localizer-cpu", tmp_path / "localizer-cpu")
+    folder = shutil.copytree(DEMO_MANIFEST.parent / "localizers" / "localizer-cpu", tmp_path / "localizer-cpu")
     (folder / "config.json").write_text("{ not json")
     models = [{**entry, "path": str(DEMO_MANIFEST.parent / entry["path"])}
               for entry in json.loads(DEMO_MANIFEST.read_text())["models"]]
@@ -294,7 +294,8 @@ def test_train_localizer_cli_writes_a_checkpoint_artefacts_and_resumes(fresh_pha
     code, interrupted = run("interrupted")
     assert code == 0 and "resuming after epoch 1 of 2" in capsys.readouterr().out
     for name in ("model.safetensors", "config.json"):
-        assert (interrupted / "localizer-cpu" / name).read_bytes() == (whole / "localizer-cpu" / name).read_bytes()
+        assert (interrupted / "localizers" / "localizer-cpu" / name).read_bytes() == \
+            (whole / "localizers" / "localizer-cpu" / name).read_bytes()
 
 
 def test_compare_tab_shows_the_error_table_and_the_points(tmp_path):

@@ -1,7 +1,9 @@
 """``python -m train localizer``: the disc-level localiser, from the canal points to an evaluated checkpoint.
 
     python -m train localizer --demo                  phantom (the graders' 240 studies and split), CPU profile,
-                                                      into checkpoints/localizer-cpu and checkpoints/evaluation
+                                                      into checkpoints/localizers/localizer-cpu (beside the
+                                                      graders, in a folder their evaluation does not read) and
+                                                      checkpoints/evaluation/localizers
     python -m train localizer --data-dir DIR          the RSNA 2024 Kaggle folder, paper profile, runs/localizer
     python -m train localizer --data-dir DIR --labels-only    count the canal points (images not needed)
 
@@ -111,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
                                      "train_images: training needs the images (--labels-only counts without them).")
     sets = _point_sets(samples, by_split, args.cache_dir, spec.input_size)
 
-    checkpoint_dir = output_dir / key
+    checkpoint_dir = output_dir / "localizers" / key  # the graders' evaluation loads every folder beside theirs
     if args.evaluate_only:
         model = LocalizerModel.load(checkpoint_dir).to(device)
     else:
@@ -122,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
                                    output_dir / ".state" / f"{key}.safetensors", device=device, facts=facts)
     results = evaluate(model, sets, output_dir / "evaluation", key, device)
     save_localizer(model, checkpoint_dir, metrics=_card_metrics(results["test"]))
-    _list_in_manifest(output_dir, ManifestEntry(key=key, name="Disc-level localiser", path=key))
+    _list_in_manifest(output_dir, ManifestEntry(key=key, name="Disc-level localiser", path=f"localizers/{key}"))
     test = results["test"].overall
     print(f"test split: mean point error {test.mean_mm:.2f} mm (p90 {test.p90_mm:.2f}), same axial slice "
           f"{100 * (test.same_axial or 0):.1f}% of {test.n_axial} levels, neighbour mix-ups {test.neighbour_mixups} "

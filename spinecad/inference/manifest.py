@@ -15,7 +15,7 @@ Format (``checkpoints/manifest.json``, written down here once)::
       ],
       "localizer":                            # optional: the disc-level localiser the study mode places levels with
         {"key": "localizer-cpu", "name": "Disc-level localiser",
-         "path": "localizer-cpu"}             # path and/or repo_id + revision, exactly as a model entry
+         "path": "localizers/localizer-cpu"}  # path and/or repo_id + revision, exactly as a model entry
     }
 
 An entry with ``repo_id`` loads from the Hub (or its local cache) at ``revision``; when that fails and ``path``
