@@ -14,12 +14,14 @@ import time
 from pathlib import Path
 
 from spinecad import ui
+from spinecad.ui import runtime
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
 MANIFEST = Path(os.environ.get("SPINECAD_MANIFEST") or CHECKPOINTS / "manifest.json")
 EXAMPLES = CHECKPOINTS / "examples"
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+runtime.bound_memory()  # before the models and the worker threads take memory
 started = time.perf_counter()
 predictor, problem = ui.load_predictor(MANIFEST)  # ZeroGPU wants the models on CUDA at start, as it lends it
 logging.getLogger("app").info(
@@ -28,4 +30,4 @@ logging.getLogger("app").info(
 demo = ui.build(predictor, examples_dir=EXAMPLES, problem=problem)
 
 if __name__ == "__main__":
-    ui.launch(demo)
+    ui.launch(demo, max_threads=runtime.MAX_THREADS)

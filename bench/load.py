@@ -1,6 +1,6 @@
 """The app under concurrent load: N gradio_client clients, each sending M predictions, valid and invalid files mixed.
 
-    python bench/load.py                                   # 16 clients x 10 predictions x 3 rounds, demo set
+    python bench/load.py                                   # 16 clients x 10 predictions x 10 rounds, demo set
     python bench/load.py --clients 2 --predictions 2 --rounds 2 --manifest M   # the smoke run the tests use
 
 Launches ``python app.py`` on 127.0.0.1 (offline, its own upload folder; nothing leaves the loopback interface),
@@ -167,7 +167,7 @@ def main() -> int:
     parser.add_argument("--manifest", type=Path, default=REPO / "checkpoints" / "manifest.json")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--predictions", type=int, default=10, help="per client and round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--request-timeout", type=float, default=120.0, help="seconds one prediction may take")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()

@@ -1,7 +1,10 @@
-"""Seconds from ``python app.py`` to a server that answers, offline, against a bare Gradio app in the same run.
+"""Seconds from ``python app.py`` to a server that answers, offline, against a bare Gradio app in the same run;
+or, with ``--profile``, the cost of loading six checkpoints the new way against the old way.
 
     python bench/startup.py                          # the demo set (checkpoints/manifest.json)
     python bench/startup.py --manifest other.json    # any manifest
+    python bench/startup.py --profile paper          # load/init: six paper-size checkpoints, meta build + assign
+                                                     # against random init + load_state_dict, same run
 
 Each run starts a fresh process (HF_HUB_OFFLINE=1) and polls ``/`` until HTTP 200. Runs of the app and of the
 baseline (``import gradio`` and a one-Markdown Blocks launched the same way) alternate, so machine noise hits both
@@ -59,11 +62,53 @@ def seconds_until_answering(command: list[str], manifest: Path, timeout_s: float
             process.wait(timeout=15)
 
 
+def load_ratio(profile_name: str, runs: int) -> None:
+    """Median seconds to load each profile's six checkpoints (``SpineCADModel.load``: meta build, weights
+    assigned) against the old way (random init, then ``load_state_dict``), interleaved in one process."""
+    import safetensors.torch
+    import torch
+
+    from spinecad.models.model import WEIGHTS_FILE, SpineCADModel
+    from spinecad.models.registry import profile
+
+    with tempfile.TemporaryDirectory() as temp_dir:
+        folders = []
+        for spec in profile(profile_name):
+            torch.manual_seed(0)
+            folders.append(Path(temp_dir) / spec.name)
+            SpineCADModel.build(spec.name).save_pretrained(folders[-1])
+        times: dict[str, list[float]] = {"new": [], "old": []}
+        for _ in range(runs + 1):  # the first round warms both paths up and is not counted
+            start = time.perf_counter()
+            for folder in folders:
+                SpineCADModel.load(folder)
+            times["new"].append(time.perf_counter() - start)
+            old = 0.0
+            for folder in folders:
+                config = SpineCADModel.load(folder).config  # config.json parsed outside the timed part
+                start = time.perf_counter()
+                model = SpineCADModel(config)
+                model.load_state_dict(safetensors.torch.load_file(str(folder / WEIGHTS_FILE)), strict=True)
+                old += time.perf_counter() - start
+            times["old"].append(old)
+    new, old = (statistics.median(times[name][1:]) for name in ("new", "old"))
+    print(f"profile={profile_name} runs={runs} threads={torch.get_num_threads()}")
+    print(f"old way (random init, then load_state_dict): {old:6.2f} s for six (median of "
+          f"{', '.join(f'{t:.2f}' for t in times['old'][1:])})")
+    print(f"new way (meta build, weights assigned):      {new:6.2f} s for six (median of "
+          f"{', '.join(f'{t:.2f}' for t in times['new'][1:])})")
+    print(f"load/init = {new / old:.3f} (target <= 0.35)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", type=Path, default=REPO / "checkpoints" / "manifest.json")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", choices=("paper", "cpu"), help="measure checkpoint loading only (load/init)")
     args = parser.parse_args()
+    if args.profile:
+        load_ratio(args.profile, args.runs)
+        return
     if not args.manifest.is_file():
         sys.exit(f"No manifest at {args.manifest}: run `python -m train --demo` first, or pass --manifest.")
 

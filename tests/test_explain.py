@@ -106,7 +106,9 @@ def test_by_default_each_model_explains_its_own_grade_at_the_level(predictor, no
     heatmaps = explain_slice(predictor.models, pixels, "L2/L3")
     for output, heatmap in zip(prediction.outputs, heatmaps, strict=True):
         assert heatmap.grade == prediction.grade(output.probs, "L2/L3")
-        assert heatmap.probability == pytest.approx(float(output.probs[1].max()), abs=1e-5)
+        # heatmaps run fp32; a prediction in bf16 stays within the registry's agreement bound of it
+        bound = 1e-5 if output.precision == "fp32" else 0.02
+        assert heatmap.probability == pytest.approx(float(output.probs[1].max()), abs=bound)
 
 
 def test_a_chosen_grade_changes_the_map_and_the_weights_are_left_as_they_were(predictor, normal_slices):
