@@ -4,11 +4,12 @@
     python bench/gpu.py --profile cpu --predictions 5 --train-steps 2     # the CPU smoke run the tests use
 
 For each of the six backbones (random init; weights do not change the cost):
-  * one slice, all five levels: latency p50/p95 in fp32 and in bf16 autocast (the predictor's default on CUDA),
-    against the fp32 figure as the named baseline
-  * agreement of probabilities between the device and the CPU (max |p_device - p_cpu|), fp32 and bf16
-  * training throughput (images/s, batch 32, the cached dataset of a phantom set), bf16 autocast on CUDA
-  * peak GPU memory of the training steps
+  * one slice, all five levels: latency p50 in fp32, bf16 and fp16 autocast (fp16: what pre-Ampere GPUs get; CUDA
+    only), against the fp32 figure as the named baseline, and p95 in the precision the device gets by default
+  * a 20-slice series through ``predict_series`` in that default precision: ms per slice
+  * agreement of probabilities between the device and the CPU in fp32 (max |p_device - p_cpu|), per precision
+  * training throughput (images/s, batch 32, the cached dataset of a phantom set) in the training precision the
+    device gets (fp16 with a GradScaler before Ampere), and peak GPU memory of the training steps
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from spinecad.inference.devices import autocast, resolve_device
+from spinecad.inference.devices import resolve_device
 from spinecad.inference.loading import LoadedModel
+from spinecad.inference.precision import choose_precision
 from spinecad.inference.predictor import Predictor
 from spinecad.models.model import SpineCADModel
 from spinecad.models.registry import profile
@@ -38,11 +40,15 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+SERIES = 20
+
+
 def prediction_latencies(
-    model: SpineCADModel, device: torch.device, bf16: bool, n: int
+    model: SpineCADModel, device: torch.device, precision: str | None, n: int
 ) -> tuple[list[float], np.ndarray]:
-    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device,
-                          precision="bf16" if bf16 else "fp32")
+    """ms per prediction of ``n`` new slices in ``precision`` (None: the device's default), and the probabilities
+    of a fixed reference slice."""
+    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device, precision=precision)
     rng = np.random.default_rng(0)
     reference_image = np.random.default_rng(123).random((256, 256)).astype(np.float32)  # same for every device
     times, probs = [], None
@@ -57,8 +63,24 @@ def prediction_latencies(
     return times, probs
 
 
+def series_ms_per_slice(model: SpineCADModel, device: torch.device, repeats: int) -> float:
+    """Median ms per slice of a batched 20-slice series in the device's default precision."""
+    predictor = Predictor([LoadedModel("m", model.display_name, model, "bench")], device=device)
+    rng = np.random.default_rng(1)
+    times = []
+    for i in range(repeats + 1):
+        series = [rng.random((256, 256)).astype(np.float32) for _ in range(SERIES)]
+        start = time.perf_counter()
+        predictor.predict_series(series, batch_size=SERIES)
+        if i:
+            times.append((time.perf_counter() - start) * 1000 / SERIES)
+    return statistics.median(times)
+
+
 def training_throughput(model: SpineCADModel, dataset: SliceDataset, device: torch.device, steps: int) -> float:
     model.train()
+    precision = choose_precision(device, training=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
     if len(dataset) < PAPER.batch_size:
         raise SystemExit(f"need at least {PAPER.batch_size} training slices for one full batch, got {len(dataset)}")
@@ -71,12 +93,13 @@ def training_throughput(model: SpineCADModel, dataset: SliceDataset, device: tor
                     torch.cuda.synchronize()
                 started = time.perf_counter()
             images = augment_batch(images.to(device), PAPER.flip_probability, PAPER.rotation_degrees)
-            with autocast(device):
+            with precision.autocast(device):
                 logits = model(model_batch(images, model.data_config), levels.to(device))
             loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             seen += len(labels) if step > 1 else 0
             if step >= steps + 1:
@@ -109,29 +132,36 @@ def main() -> None:
         cache = build_cache(rows["file"].tolist(), Path(scratch) / "cache", size, progress=False)
         dataset = SliceDataset(attach_positions(rows, cache), cache)
 
-        header = (f"{'backbone':18s} {'fp32 p50':>9s} {'fp32 p95':>9s} {'bf16 p50':>9s} {'bf16 p95':>9s} "
-                  f"{'fp32/bf16':>9s} {'|dp| fp32':>10s} {'|dp| bf16':>10s} {'train img/s':>11s} {'peak MiB':>9s}")
+        precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+        default = choose_precision(device).name
+        print(f"default precision here: {default} (inference), {choose_precision(device, training=True).name} "
+              "(training)")
+        header = (f"{'backbone':18s} " + " ".join(f"{p + ' p50':>9s}" for p in precisions)
+                  + f" {default + ' p95':>9s} {'fp32/' + default:>10s} {'series/sl':>9s} "
+                  + " ".join(f"{'|dp| ' + p:>10s}" for p in precisions) + f" {'train img/s':>11s} {'peak MiB':>9s}")
         print(header)
         for spec in profile(args.profile):
             torch.manual_seed(0)
             model = SpineCADModel.build(spec.name).eval()
-            cpu_probs = prediction_latencies(_copy(model), cpu, False, 0)[1]
-            fp32, fp32_probs = prediction_latencies(_copy(model), device, False, args.predictions)
-            bf16, bf16_probs = prediction_latencies(_copy(model), device, True, args.predictions)
+            cpu_probs = prediction_latencies(_copy(model), cpu, "fp32", 0)[1]
+            latencies, agreement = {}, {}
+            for precision in precisions:
+                latencies[precision], probs = prediction_latencies(_copy(model), device, precision, args.predictions)
+                agreement[precision] = np.abs(probs - cpu_probs).max()
+            series = series_ms_per_slice(_copy(model), device, max(args.predictions // 10, 1))
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             throughput = training_throughput(_copy(model).to(device), dataset, device, args.train_steps)
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-            print(f"{spec.name:18s} {statistics.median(fp32):9.2f} {percentile(fp32, 95):9.2f} "
-                  f"{statistics.median(bf16):9.2f} {percentile(bf16, 95):9.2f} "
-                  f"{statistics.median(fp32) / statistics.median(bf16):9.2f} "
-                  f"{np.abs(fp32_probs - cpu_probs).max():10.2e} {np.abs(bf16_probs - cpu_probs).max():10.2e} "
-                  f"{throughput:11.1f} {peak:9.0f}")
-    print("latencies in ms (one slice, all five levels); fp32/bf16 > 1 means bf16 is faster;"
-          " |dp| = max probability difference against the CPU in fp32")
+            p50 = {p: statistics.median(latencies[p]) for p in precisions}
+            print(f"{spec.name:18s} " + " ".join(f"{p50[p]:9.2f}" for p in precisions)
+                  + f" {percentile(latencies[default], 95):9.2f} {p50['fp32'] / p50[default]:10.2f} {series:9.2f} "
+                  + " ".join(f"{agreement[p]:10.2e}" for p in precisions) + f" {throughput:11.1f} {peak:9.0f}")
+    print("latencies in ms (one slice, all five levels); fp32/<default> > 1 means the default precision is faster;"
+          f" series/sl = ms per slice of a {SERIES}-slice batched series; |dp| = max probability difference against"
+          " the CPU in fp32")
     if device.type == "cpu":
-        print("on the CPU the predictor runs fp32 in both columns (bf16 autocast is CUDA-only): their difference "
-              "is noise, and peak MiB is GPU memory (nan)")
+        print("on the CPU there is no fp16 column (a GPU precision), and peak MiB is GPU memory (nan)")
 
 
 def _copy(model: SpineCADModel) -> SpineCADModel:
