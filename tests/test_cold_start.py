@@ -1,0 +1,18 @@
+"""What the app imports at start: nothing that only a heatmap needs (a fresh interpreter is the point here)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+HEATMAP_ONLY = ("pytorch_grad_cam", "cv2")
+
+
+def test_importing_the_app_package_leaves_the_heatmap_libraries_unloaded():
+    probe = ("import sys, spinecad.ui, spinecad.inference.heatmaps; "
+             f"print(sorted(m for m in {HEATMAP_ONLY!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
