@@ -1,4 +1,4 @@
-"""SpineCAD's Hugging Face Space: six models grade lumbar spinal canal stenosis on one axial MRI slice.
+"""SpineCAD's Hugging Face Space: six models grade lumbar spinal canal stenosis on axial MRI slices and whole studies.
 
     python app.py      # models from SPINECAD_MANIFEST or checkpoints/manifest.json;
                        # GRADIO_SERVER_NAME / GRADIO_SERVER_PORT honoured
