@@ -48,3 +48,23 @@ def zip_study(folder: Path, *, names=None) -> bytes:
             name = names(path) if names else str(path.relative_to(folder.parent))
             archive.writestr(name, path.read_bytes())
     return buffer.getvalue()
+
+
+def zip_members(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
+    """Zip bytes holding ``members`` (name -> bytes) under exactly those names, however hostile."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def zip_bomb(members: int = 3, megabytes: int = 350) -> bytes:
+    """A zip bomb: about 1 MB on disk per ~1 GB it inflates to (zeros, streamed, so it is never held whole)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
+        for k in range(members):
+            with archive.open(f"bomb{k}.dcm", "w", force_zip64=True) as member:
+                for _ in range(megabytes):
+                    member.write(bytes(2**20))
+    return buffer.getvalue()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 import shutil
 import zipfile
@@ -12,7 +11,7 @@ import pytest
 
 from spinecad.study import StudyError, parse_levels, place_levels, read_study
 from spinecad.study.archive import MAX_MEMBERS
-from tests.study_fixture import canal_points, simple_study, study_folder, truth, zip_study
+from tests.study_fixture import canal_points, simple_study, study_folder, truth, zip_bomb, zip_members, zip_study
 
 
 def _series_id(placement) -> int:
@@ -75,44 +74,31 @@ def test_an_axial_instance_chosen_by_hand_and_bad_requests(phantom_studies):
     assert parse_levels("") == {} and parse_levels("{}") == {}
 
 
-def _zip(members: dict[str, bytes], method=zipfile.ZIP_DEFLATED) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", method) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_hostile_uploads_are_refused_or_reported(phantom_studies, tmp_path, monkeypatch):
     one, two = simple_study(phantom_studies), simple_study(phantom_studies, 1)
     dicom = next(one.rglob("*.dcm")).read_bytes()
     # A zip bomb: small on disk, gigabytes inflated. Refused from the sizes it declares, before inflating.
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for k in range(3):
-            with archive.open(f"bomb{k}.dcm", "w", force_zip64=True) as member:
-                for _ in range(350):
-                    member.write(bytes(2**20))
-    assert len(buffer.getvalue()) < 5 * 2**20
+    bomb = zip_bomb()
+    assert len(bomb) < 5 * 2**20
     with pytest.raises(StudyError, match="declares 1050 MB"):
-        read_study([buffer.getvalue()])
+        read_study([bomb])
     # One over-compressed member among real files is skipped and counted, the rest is read.
-    study = read_study([_zip({"a/1.dcm": dicom, "b.dcm": bytes(50 * 2**20)})])
+    study = read_study([zip_members({"a/1.dcm": dicom, "b.dcm": bytes(50 * 2**20)})])
     assert study.skipped["too large or too compressed"] == 1 and len(study.series) == 1
     with pytest.raises(StudyError, match=f"more than {MAX_MEMBERS} files"):
-        read_study([_zip({f"{k}.dcm": b"x" for k in range(10_000)}, zipfile.ZIP_STORED)])
+        read_study([zip_members({f"{k}.dcm": b"x" for k in range(10_000)}, zipfile.ZIP_STORED)])
     # Names are never paths: nothing is written, wherever they point.
     monkeypatch.chdir(tmp_path)
-    traversal = read_study([_zip({"../../evil.dcm": dicom, "/etc/evil2.dcm": dicom, "..\\x.dcm": dicom})])
+    traversal = read_study([zip_members({"../../evil.dcm": dicom, "/etc/evil2.dcm": dicom, "..\\x.dcm": dicom})])
     assert len(traversal.series[0].slices) == 3 and list(tmp_path.iterdir()) == []
-    nested = read_study([_zip({"inner.zip": zip_study(one), "1.dcm": dicom})])
+    nested = read_study([zip_members({"inner.zip": zip_study(one), "1.dcm": dicom})])
     assert nested.skipped["nested archive"] == 1
     with pytest.raises(StudyError, match="mixes 2 studies"):
         read_study([one, two])
     with pytest.raises(StudyError, match=r"no DICOM images .*3 not a DICOM image"):
-        read_study([_zip({f"{k}.jpg": b"\xff\xd8\xff\xe0" + bytes(100) for k in range(3)})])
+        read_study([zip_members({f"{k}.jpg": b"\xff\xd8\xff\xe0" + bytes(100) for k in range(3)})])
     with pytest.raises(StudyError, match="no DICOM files"):
-        read_study([_zip({})])
+        read_study([zip_members({})])
     with pytest.raises(StudyError, match="not a readable zip"):
         read_study([b"PK\x03\x04 not really a zip"])
 

@@ -10,7 +10,7 @@ import pytest
 from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
-from tests.study_fixture import canal_points, simple_study, study_folder, truth, zip_study
+from tests.study_fixture import canal_points, simple_study, study_folder, truth, zip_bomb, zip_members, zip_study
 
 
 def _call(client, path, levels="{}"):
@@ -59,44 +59,31 @@ def test_predict_study_by_axial_instance_and_with_no_levels(app_client, phantom_
         _call(app_client, _write(tmp_path, "u.zip", zip_study(simple_study(phantom_studies))), '{"L6/L7": {}}')
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
-
-
 def test_hostile_studies_are_refused_with_a_message_and_the_server_stays_up(app_client, launched_app,
                                                                               phantom_studies, tmp_path):
     one, two = simple_study(phantom_studies), simple_study(phantom_studies, 1)
     dicom = next(one.rglob("*.dcm")).read_bytes()
-    bomb = io.BytesIO()
-    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
-        for k in range(3):
-            with archive.open(f"{k}.dcm", "w", force_zip64=True) as member:
-                for _ in range(350):
-                    member.write(bytes(2**20))
     both = io.BytesIO()
     with zipfile.ZipFile(both, "w") as archive:
         for folder in (one, two):
             for path in folder.rglob("*.dcm"):
                 archive.writestr(str(path.relative_to(folder.parent)), path.read_bytes())
     refused = {
-        "bomb.zip": (bomb.getvalue(), "declares 1050 MB"),
-        "many.zip": (_zip({f"{k}.dcm": b"x" for k in range(10_000)}), "more than 3000 files"),
+        "bomb.zip": (zip_bomb(), "declares 1050 MB"),
+        "many.zip": (zip_members({f"{k}.dcm": b"x" for k in range(10_000)}), "more than 3000 files"),
         "mixed.zip": (both.getvalue(), "mixes 2 studies"),
-        "jpegs.zip": (_zip({f"{k}.jpg": b"\xff\xd8\xff\xe0" + bytes(64) for k in range(4)}), "no DICOM images"),
-        "empty.zip": (_zip({}), "no DICOM files"),
+        "jpegs.zip": (zip_members({f"{k}.jpg": b"\xff\xd8\xff\xe0" + bytes(64) for k in range(4)}),
+                      "no DICOM images"),
+        "empty.zip": (zip_members({}), "no DICOM files"),
     }
     for name, (data, message) in refused.items():
         with pytest.raises(AppError, match=message):
             _call(app_client, _write(tmp_path, name, data))
-    reported = _call(app_client, _write(tmp_path, "odd.zip", _zip(
+    reported = _call(app_client, _write(tmp_path, "odd.zip", zip_members(
         {"../../x/1.dcm": dicom, "inner.zip": zip_study(one), "notes.txt": b"hello"})))
     assert any("nested archive" in w for w in reported["warnings"])
     assert any("no axial series" in w or "not T2" in w or "no sagittal" in w for w in reported["warnings"])
-    sagittal_only = _zip({str(p.relative_to(one.parent)): p.read_bytes() for p in one.rglob("*.dcm")
+    sagittal_only = zip_members({str(p.relative_to(one.parent)): p.read_bytes() for p in one.rglob("*.dcm")
                           if len(list(p.parent.glob("*.dcm"))) != 15})
     answer = _call(app_client, _write(tmp_path, "sag.zip", sagittal_only), json.dumps(
         canal_points(phantom_studies, int(one.name))))

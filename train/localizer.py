@@ -34,7 +34,8 @@ from spinecad.models.registry import BackboneError, PretrainedWeightsUnavailable
 from spinecad.study.geometry import nearest_slice
 from train.cache import build_cache
 from train.localizer_data import StudySample, canal_labels, format_label_counts, study_samples
-from train.localizer_train import DEMO_RECIPE, PAPER_RECIPE, PointSet, predict, save_localizer, train_localizer
+from train.localizer_train import DEMO_RECIPE, PAPER_RECIPE, PointSet, predict, train_localizer
+from train.loop import save_checkpoint
 from train.rsna import DatasetLayoutError
 from train.split import SplitFileError, load_or_make_split
 
@@ -123,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         model, _ = train_localizer(config, recipe, sets["train"][1], sets["val"][1], checkpoint_dir,
                                    output_dir / ".state" / f"{key}.safetensors", device=device, facts=facts)
     results = evaluate(model, sets, output_dir / "evaluation", key, device)
-    save_localizer(model, checkpoint_dir, metrics=_card_metrics(results["test"]))
+    save_checkpoint(model, checkpoint_dir, metrics=_card_metrics(results["test"]))
     _list_in_manifest(output_dir, ManifestEntry(key=key, name="Disc-level localiser", path=f"localizers/{key}"))
     test = results["test"].overall
     print(f"test split: mean point error {test.mean_mm:.2f} mm (p90 {test.p90_mm:.2f}), same axial slice "

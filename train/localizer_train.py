@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,11 +19,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from spinecad.atomic import recover_directory, replace_directory
+from spinecad.atomic import recover_directory
 from spinecad.inference.devices import autocast
 from spinecad.models.localizer import OUTPUT_STRIDE, LocalizerConfig, LocalizerModel, decode_maps
 from spinecad.models.preprocess import normalise, resize_unit
-from train.loop import _restore_rng, _rng_state, use_deterministic_kernels
+from train.loop import _restore_rng, _rng_state, save_checkpoint, use_deterministic_kernels
 from train.state import ResumeState, load_state, save_state
 
 
@@ -198,25 +197,13 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
             model.config.training = {**facts, "epochs": recipe.epochs, "best_epoch": state.best_epoch,
                                      "best_val_error_px": round(val_error, 4), "seed": recipe.seed,
                                      "pretrained": recipe.pretrained, "recipe": recipe.as_dict()}
-            save_localizer(model, checkpoint_dir)
+            save_checkpoint(model, checkpoint_dir)
         state.next_epoch = epoch + 1
         save_state(state_path, model=model, optimizer=optimizer, state=state, fingerprint=fingerprint,
                    rng=_rng_state(device, shuffler))
         log(f"[localizer] epoch {epoch + 1}/{recipe.epochs}: train loss {row['train_loss']:.3f} | "
             f"val error {val_error:.2f} px | {row['seconds']:.1f} s")
     return LocalizerModel.load(checkpoint_dir).to(device), state.history
-
-
-def save_localizer(model: LocalizerModel, target, *, metrics: dict | None = None) -> None:
-    """Write the Hub-format checkpoint to a staging folder, then swap it in for ``target`` atomically."""
-    staging = target.with_name(f".{target.name}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    to_save = model
-    if next(model.parameters()).device.type != "cpu":
-        to_save = LocalizerModel(model.config)
-        to_save.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    to_save.save_pretrained(staging, model_card_kwargs={"metrics": metrics} if metrics else None)
-    replace_directory(staging, target)
 
 
 def _fingerprint(config: LocalizerConfig, recipe: LocalizerRecipe, train: PointSet, val: PointSet) -> str:

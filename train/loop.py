@@ -34,6 +34,7 @@ from spinecad.evaluation.store import write_history
 from spinecad.inference.familiarity import Familiarity
 from spinecad.inference.precision import Precision, choose_precision
 from spinecad.labels import SEVERITIES
+from spinecad.models.localizer import LocalizerModel
 from spinecad.models.model import ModelConfig, SpineCADModel
 from spinecad.models.registry import BackboneSpec
 from train import distributed
@@ -327,15 +328,15 @@ def predict_probs(
     return softmax(logits / model.config.temperature, axis=1), loss
 
 
-def save_checkpoint(model: SpineCADModel, target: Path, *, metrics: dict | None = None,
+def save_checkpoint(model: SpineCADModel | LocalizerModel, target: Path, *, metrics: dict | None = None,
                     familiarity: Familiarity | None = None) -> None:
-    """Write the Hub-format checkpoint (with its familiarity statistics, when given) to a staging folder, then swap
-    it in for ``target`` atomically."""
+    """Write the Hub-format checkpoint (a grader's, with its familiarity statistics when given, or a localiser's) to
+    a staging folder, then swap it in for ``target`` atomically."""
     staging = target.with_name(f".{target.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     to_save = model
     if next(model.parameters()).device.type != "cpu":
-        to_save = SpineCADModel(model.config)
+        to_save = type(model)(model.config)
         to_save.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
     to_save.save_pretrained(staging, model_card_kwargs={"metrics": metrics} if metrics else None)
     if familiarity is not None:
