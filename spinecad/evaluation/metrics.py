@@ -5,6 +5,9 @@ predicted grade is the argmax of a row's probabilities. Per-class ROC-AUC and PR
 with no rows in ``y_true`` has no defined AUC, so it gets ``None`` and the macro average is taken over the
 classes that have one (a note says so). Precision, recall and F1 follow scikit-learn's ``zero_division=0``
 with all three grades as labels, as ``classification_report`` reports them.
+
+scikit-learn is imported by the functions that call it: the app reads stored metrics and never computes them, so
+its start does not pay for the import.
 """
 
 from __future__ import annotations
@@ -13,20 +16,6 @@ from typing import TypedDict
 
 import numpy as np
 import pandas as pd
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    log_loss,
-    precision_recall_curve,
-    precision_recall_fscore_support,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-    roc_curve,
-)
 
 from spinecad.labels import SEVERITIES
 
@@ -79,6 +68,15 @@ def _validated_inputs(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray
 def compute_metrics(y_true: np.ndarray, probs: np.ndarray, study_ids: np.ndarray | None = None) -> Metrics:
     """Every metric of the paper's Table 2 for one model on one split (scikit-learn's definitions), and with
     ``study_ids`` the RSNA 2024 competition's canal metric (``rsna_canal_metric``; None without them)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        f1_score,
+        precision_recall_fscore_support,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
     y, probs = _validated_inputs(y_true, probs)
     rsna = rsna_canal_metric(study_ids, y, probs) if study_ids is not None else dict.fromkeys(RSNA_METRICS)
     y_pred = probs.argmax(axis=1)
@@ -131,6 +129,7 @@ def rsna_canal_metric(study_ids: np.ndarray, y_true: np.ndarray, probs: np.ndarr
     level is Severe" against the study's highest Severe probability, weighted by the study's highest row weight.
     ``rsna_canal_score``: their mean (the competition averages these two terms with those of the other conditions).
     """
+    from sklearn.metrics import log_loss
     y, probs = _validated_inputs(y_true, probs)
     probs = probs / probs.sum(axis=1, keepdims=True)  # as the competition's scoring does (sklearn warns otherwise)
     studies = np.asarray(study_ids)
@@ -154,6 +153,7 @@ def _mean_of_defined(values: list[float | None]) -> float | None:
 
 def confusion_matrices(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """Confusion matrix (rows = true grade, columns = predicted) as counts and row-normalised fractions."""
+    from sklearn.metrics import confusion_matrix
     counts = confusion_matrix(y_true, y_pred, labels=CLASS_IDS)
     # A grade absent from y_true gets a row of zeros rather than NaN (scikit-learn's behaviour).
     fractions = confusion_matrix(y_true, y_pred, labels=CLASS_IDS, normalize="true")
@@ -166,6 +166,7 @@ def curve_points(y_true: np.ndarray, probs: np.ndarray, max_points: int = 200) -
     Curves are thinned to at most ``max_points`` evenly spaced points, keeping both ends. ROC's first threshold
     is +inf in scikit-learn and is stored as ``None``; an undefined curve is ``None``.
     """
+    from sklearn.metrics import precision_recall_curve, roc_curve
     y, probs = _validated_inputs(y_true, probs)
     curves: dict[str, dict] = {}
     for k, grade in enumerate(SEVERITIES):
@@ -197,6 +198,7 @@ def reliability_curve(y_true: np.ndarray, probs: np.ndarray, n_bins: int = 15, g
     Top-label (confidence = highest probability, outcome = prediction correct) unless ``grade`` is given, then
     one-vs-rest for that grade. Empty bins are left out; ``count`` is the number of rows in each kept bin.
     """
+    from sklearn.calibration import calibration_curve
     y, probs = _validated_inputs(y_true, probs)
     if grade is None:
         outcome, confidence = (probs.argmax(axis=1) == y).astype(int), probs.max(axis=1)
@@ -227,5 +229,6 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, n_bins: in
 
 def mean_log_loss(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Mean negative log-likelihood of the true grades (scikit-learn's log_loss, unweighted)."""
+    from sklearn.metrics import log_loss
     y, probs = _validated_inputs(y_true, probs)
     return float(log_loss(y, y_proba=probs, labels=CLASS_IDS))
