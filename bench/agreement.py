@@ -90,22 +90,24 @@ def verdict_line(name: str, deviation: float, worst: float, allowed: bool) -> st
             f"{'bf16' if allowed else 'fp32'}{'' if supported else '  <- NOT supported by this measurement'}")
 
 
-def demo_rows(manifest: Path, n: int) -> dict[str, float]:
-    """max |dp| of each demo-set model over ``n`` phantom slices and the example files (printed per row)."""
+def demo_rows(manifest: Path, n: int) -> dict[str, tuple[float, bool]]:
+    """(max |dp|, registry allows bf16) of each demo-set model over ``n`` phantom slices and the example files
+    (printed per row)."""
     from spinecad.inference.loading import load_manifest_models
     from spinecad.inference.manifest import read_manifest
 
     slices = phantom_slices(n, seed=11)[0] + example_slices()
     worst = {}
     for loaded in load_manifest_models(read_manifest(manifest))[0]:
-        deviation, worst[loaded.key] = compare(loaded.model, slices)
-        allowed = cpu_bf16_allowed(loaded.model.config.backbone_spec)
-        print(verdict_line(loaded.key, deviation, worst[loaded.key], allowed), flush=True)
+        deviation, dp = compare(loaded.model, slices)
+        worst[loaded.key] = dp, cpu_bf16_allowed(loaded.model.config.backbone_spec)
+        print(verdict_line(loaded.key, deviation, *worst[loaded.key]), flush=True)
     return worst
 
 
-def paper_rows(n_train: int, n_test: int) -> dict[str, float]:
-    """max |dp| of each paper row with a probe head trained on its own features (printed per row)."""
+def paper_rows(n_train: int, n_test: int) -> dict[str, tuple[float, bool]]:
+    """(max |dp|, registry allows bf16) of each paper row with a probe head trained on its own features (printed
+    per row)."""
     train_slices, grades = phantom_slices(n_train, seed=21)
     test_slices = phantom_slices(n_test, seed=22)[0] + example_slices()
     worst = {}
@@ -113,8 +115,9 @@ def paper_rows(n_train: int, n_test: int) -> dict[str, float]:
         torch.manual_seed(0)
         model = SpineCADModel.build(spec.name).eval()
         train_probe_head(model, features(model, train_slices, FP32), grades)
-        deviation, worst[spec.name] = compare(model, test_slices)
-        print(verdict_line(spec.name, deviation, worst[spec.name], cpu_bf16_allowed(spec)), flush=True)
+        deviation, dp = compare(model, test_slices)
+        worst[spec.name] = dp, cpu_bf16_allowed(spec)
+        print(verdict_line(spec.name, deviation, *worst[spec.name]), flush=True)
     return worst
 
 

@@ -4,6 +4,7 @@ backbone without a CAM layer is refused in words."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 
 import numpy as np
@@ -14,7 +15,7 @@ from scipy.ndimage import binary_dilation
 
 from spinecad.evaluation.store import load_metrics
 from spinecad.imaging import read_slice
-from spinecad.inference.heatmaps import class_activation_map, explain_slice
+from spinecad.inference.heatmaps import class_activation_map, class_activation_maps, explain_slice, explain_slices
 from spinecad.inference.loading import LoadedModel
 from spinecad.inference.manifest import read_manifest
 from spinecad.inference.predictor import Predictor
@@ -120,6 +121,36 @@ def test_a_chosen_grade_changes_the_map_and_the_weights_are_left_as_they_were(pr
     assert (normal_id, severe_id) == (0, 2) and not np.allclose(normal, severe)
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_a_batched_pass_gives_each_pair_the_map_it_gets_alone(predictor, normal_slices):
+    # Two slices, three levels: every family's batched rows must equal its single passes, i.e. rows never mix. In
+    # float64, because a demo model's map can be numerically degenerate (raw CAM values of 1e-9 or less, where the
+    # head is sure of its grade); min-max scaling then turns float32 rounding, which differs between a batch of one
+    # and of three, into visible differences that say nothing about the batching.
+    pairs = [(normal_slices[0][0], "L1/L2"), (normal_slices[1][0], LEVEL), (normal_slices[0][0], "L5/S1")]
+    for loaded in predictor.models:
+        model = copy.deepcopy(loaded.model).double()
+        batched, explained, probs, _ = class_activation_maps(model, pairs)
+        assert batched.shape[0] == len(pairs)
+        for row, (pixels, level) in enumerate(pairs):
+            alone, alone_id, alone_probs, _ = class_activation_map(model, pixels, level)
+            assert explained[row] == alone_id, loaded.name
+            np.testing.assert_allclose(probs[row], alone_probs, atol=1e-9, err_msg=loaded.name)
+            np.testing.assert_allclose(batched[row], alone, atol=1e-4, err_msg=f"{loaded.name} {level}")
+    # Different levels of one slice are different scores: the rows are not copies of each other.
+    assert any(not np.allclose(a.heatmap, b.heatmap) for a, b in zip(*explain_slices(
+        predictor.models, [pairs[0], pairs[2]]), strict=True))
+
+
+def test_explaining_many_pairs_keeps_their_order_and_shares_the_batch_cost(predictor, normal_slices):
+    pairs = [(pixels, level) for (pixels, _), level in zip(normal_slices, ("L1/L2", "L2/L3", "L3/L4", "L4/L5"),
+                                                           strict=True)]
+    per_pair = explain_slices(predictor.models[:2], pairs, batch_size=3)  # a batch of 3, then one of 1
+    assert [[h.level for h in heatmaps] for heatmaps in per_pair] == [[level] * 2 for _, level in pairs]
+    assert [h.name for h in per_pair[0]] == ["ViT-B/16", "Swin-B"]
+    for (pixels, _), heatmaps in zip(pairs, per_pair, strict=True):
+        assert all(h.heatmap.shape == pixels.shape and h.seconds > 0 for h in heatmaps)
 
 
 @pytest.mark.parametrize("spec", CPU_PROFILE, ids=lambda s: s.name)

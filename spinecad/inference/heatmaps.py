@@ -30,6 +30,9 @@ from spinecad.models.registry import HeatmapUnavailable
 CAM_CLASSES = {"gradcam": "GradCAM", "hirescam": "HiResCAM"}  # class names in pytorch_grad_cam
 CAM_NAMES = {"gradcam": "Grad-CAM", "hirescam": "HiResCAM"}
 OVERLAY_OPACITY = 0.7  # colour over the slice where the map is strongest; none where it is zero
+# (slice, level) pairs per batched CAM pass: a paper-size backbone keeps every activation of the batch for the
+# backward, a few hundred MB at 8.
+MAX_CAM_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -48,16 +51,16 @@ class Heatmap:
     problem: str | None = None  # why there is no map, or why it is blank
 
 
-class _GradeLogitsAtLevel(nn.Module):
-    """The model as an image classifier at one fixed level: images -> (B, 3) logits, for the CAM library."""
+class _GradeLogitsAtLevels(nn.Module):
+    """The model as an image classifier, each image of the batch at its own level: images -> (B, 3) logits, for
+    the CAM library."""
 
-    def __init__(self, model: SpineCADModel, level: int) -> None:
+    def __init__(self, model: SpineCADModel, levels: torch.Tensor) -> None:
         super().__init__()
-        self.model, self.level = model, level
+        self.model, self.levels = model, levels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        levels = torch.full((images.shape[0],), self.level, dtype=torch.long, device=images.device)
-        return self.model(images, levels)
+        return self.model(images, self.levels)
 
 
 @contextlib.contextmanager
@@ -80,52 +83,82 @@ def class_activation_map(model: SpineCADModel, pixels: np.ndarray, level: str | 
     Returns (heatmap in [0, 1], explained grade id, the three probabilities at the level, method description).
     HeatmapUnavailable when the backbone's row names no CAM layer.
     """
+    heatmaps, explained, probs, method = class_activation_maps(model, [(pixels, level)], grade=grade, device=device)
+    return heatmaps[0], explained[0], probs[0], method
+
+
+def class_activation_maps(model: SpineCADModel, items: Sequence[tuple[np.ndarray, str | int]], *,
+                          grade: str | int | None = None, device: torch.device | str = "cpu",
+                          ) -> tuple[np.ndarray, list[int], np.ndarray, str]:
+    """One batched CAM pass over ``items`` ((slice, level) pairs: several levels of one slice, or each level's own
+    slice of a study): one forward and one backward for the batch, each row's score at its own level.
+
+    Returns (heatmaps (B, S, S) in [0, 1], explained grade ids, probabilities (B, 3), method description); each row
+    equals what ``class_activation_map`` gives for its pair alone (rows do not mix: the score summed for the
+    backward is a sum of per-row logits).
+    """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     backbone = model.backbone
     spec = backbone.cam_spec()
     layer = backbone.cam_layer()
-    level_id = level if isinstance(level, int) else level_index(level)
-    wrapped = _GradeLogitsAtLevel(model, level_id)
-    images = slice_to_tensor(pixels, model.data_config).to(device).requires_grad_(True)
+    levels = torch.tensor([lv if isinstance(lv, int) else level_index(lv) for _, lv in items], device=device)
+    wrapped = _GradeLogitsAtLevels(model, levels)
+    dtype = next(model.parameters()).dtype  # fp32, as every model is kept (a float64 copy checks the batching)
+    images = torch.cat([slice_to_tensor(pixels, model.data_config) for pixels, _ in items]).to(device, dtype)
+    images.requires_grad_(True)
     targets = None if grade is None else [ClassifierOutputTarget(grade if isinstance(grade, int)
-                                                                 else severity_index(grade))]
+                                                                 else severity_index(grade))] * len(items)
     cam_class = getattr(pytorch_grad_cam, CAM_CLASSES[spec.cam_method])
     cam = cam_class(model=wrapped, target_layers=[layer], reshape_transform=backbone.cam_feature_map)
     try:
         with _weights_frozen(model):
-            heatmap = cam(input_tensor=images, targets=targets)[0]
-        logits = cam.outputs[0].detach().float()
+            heatmaps = cam(input_tensor=images, targets=targets)
+        logits = cam.outputs.detach().float()
     finally:
         cam.activations_and_grads.release()
     probs = torch.softmax(logits, dim=-1).cpu().numpy()
-    explained = int(np.argmax(probs)) if targets is None else targets[0].category
-    return heatmap.astype(np.float32), explained, probs, f"{CAM_NAMES[spec.cam_method]} · {spec.cam_layer}"
+    explained = [int(k) for k in np.argmax(probs, axis=1)] if targets is None else [t.category for t in targets]
+    return heatmaps.astype(np.float32), explained, probs, f"{CAM_NAMES[spec.cam_method]} · {spec.cam_layer}"
 
 
 def explain_slice(models: Sequence[LoadedModel], pixels: np.ndarray, level: str, *, grade: str | None = None,
                   device: torch.device | str = "cpu") -> list[Heatmap]:
     """A heatmap per model for ``level`` (each model's own grade unless ``grade`` is given), in model order."""
-    heatmaps = []
+    return explain_slices(models, [(pixels, level)], grade=grade, device=device)[0]
+
+
+def explain_slices(models: Sequence[LoadedModel], items: Sequence[tuple[np.ndarray, str]], *,
+                   grade: str | None = None, device: torch.device | str = "cpu",
+                   batch_size: int = MAX_CAM_BATCH) -> list[list[Heatmap]]:
+    """Per (slice, level) pair, a heatmap per model in model order: each model explains the pairs in batched CAM
+    passes of up to ``batch_size`` (the study mode's one slice per level; every level of one slice)."""
+    result: list[list[Heatmap]] = [[] for _ in items]
     for loaded in models:
-        start = time.perf_counter()
-        try:
-            small, explained, probs, method = class_activation_map(loaded.model, pixels, level, grade=grade,
-                                                                   device=device)
-        except HeatmapUnavailable as error:
-            heatmaps.append(Heatmap(loaded.key, loaded.name, level, None, None, None, None,
-                                    time.perf_counter() - start, "none", str(error)))
-            continue
-        heatmap = resize_heatmap(small, pixels.shape)
-        seconds = time.perf_counter() - start
-        grade_name = loaded.model.config.class_names[explained]
-        problem = None
-        if not heatmap.any():
-            problem = f"Empty map: no region of the slice raised the score for {grade_name} at this layer."
-        heatmaps.append(Heatmap(loaded.key, loaded.name, level, grade_name, float(probs[explained]), heatmap,
-                                overlay_heatmap(pixels, heatmap), seconds, method, problem))
-    return heatmaps
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            began = time.perf_counter()
+            try:
+                small, explained, probs, method = class_activation_maps(loaded.model, chunk, grade=grade,
+                                                                        device=device)
+            except HeatmapUnavailable as error:
+                seconds = (time.perf_counter() - began) / len(chunk)
+                for offset, (_, level) in enumerate(chunk):
+                    result[start + offset].append(Heatmap(loaded.key, loaded.name, level, None, None, None, None,
+                                                          seconds, "none", str(error)))
+                continue
+            maps = [resize_heatmap(m, pixels.shape) for m, (pixels, _) in zip(small, chunk, strict=True)]
+            seconds = (time.perf_counter() - began) / len(chunk)  # the batch's cost, shared by its pairs
+            for offset, ((pixels, level), heatmap) in enumerate(zip(chunk, maps, strict=True)):
+                grade_name = loaded.model.config.class_names[explained[offset]]
+                problem = None
+                if not heatmap.any():
+                    problem = f"Empty map: no region of the slice raised the score for {grade_name} at this layer."
+                result[start + offset].append(Heatmap(
+                    loaded.key, loaded.name, level, grade_name, float(probs[offset][explained[offset]]), heatmap,
+                    overlay_heatmap(pixels, heatmap), seconds, method, problem))
+    return result
 
 
 def resize_heatmap(heatmap: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
