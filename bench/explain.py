@@ -1,4 +1,4 @@
-"""Heatmap cost per model against a plain prediction of the same model, on one slice.
+"""Heatmap cost per model against a plain prediction of the same model, batched heatmaps, and heatmaps in bf16.
 
     python bench/explain.py                    # the models of checkpoints/manifest.json (the demo set)
     python bench/explain.py --profile paper    # the six paper-size backbones (random init), 224 px
@@ -7,7 +7,10 @@
 Prints, per model, medians (ms) of:
   (a) a plain prediction: preprocess + forward at one level, no gradients   (baseline)
   (b) its heatmap: preprocess + forward + backward + CAM + resize + overlay (spinecad.inference.heatmaps)
-and the ratio b/a. Runs are interleaved so machine noise hits both alike.
+  (c) the five levels' heatmaps in one batched pass (``explain_slices``), per level
+and the ratios b/a and c/b (batched per level over one alone). Runs are interleaved so machine noise hits all alike.
+Then, per model, whether its heatmap may run in the predictor's precision: max |map_bf16 - map_fp32| (maps in
+[0, 1]) of the heatmap computed under CPU bf16 autocast, on the slice above and on the example files.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from timing import interleaved_medians  # bench/timing.py (the script folder is on sys.path)
+from agreement import example_slices  # bench/agreement.py (the script folder is on sys.path)
+from timing import interleaved_medians  # bench/timing.py
 
-from spinecad.inference.heatmaps import explain_slice
+from spinecad.inference.heatmaps import explain_slice, explain_slices
 from spinecad.inference.loading import LoadedModel
+from spinecad.inference.precision import BF16
 from spinecad.inference.predictor import Predictor
-from spinecad.labels import level_index
+from spinecad.labels import LEVELS, level_index
 from spinecad.models.model import SpineCADModel
 from spinecad.models.preprocess import slice_to_tensor
 from spinecad.models.registry import profile
@@ -56,7 +61,7 @@ def main() -> None:
     level = torch.tensor([level_index(LEVEL)], device=predictor.device)
     print(f"{len(predictor.models)} models on {predictor.device}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats}")
-    print(f"{'model':18s} {'predict ms':>11s} {'heatmap ms':>11s} {'ratio':>6s}  method")
+    print(f"{'model':18s} {'predict ms':>11s} {'heatmap ms':>11s} {'b/a':>6s} {'5 batched':>11s} {'c/b':>6s}  method")
     for loaded in predictor.models:
         model = loaded.model
 
@@ -67,10 +72,32 @@ def main() -> None:
         def heatmap(loaded=loaded) -> None:
             explain_slice([loaded], pixels, LEVEL, device=predictor.device)
 
-        medians = interleaved_medians({"predict": predict, "heatmap": heatmap}, args.repeats)
+        def batched(loaded=loaded) -> None:
+            explain_slices([loaded], [(pixels, level) for level in LEVELS], device=predictor.device)
+
+        medians = interleaved_medians({"predict": predict, "heatmap": heatmap, "batched": batched}, args.repeats)
         method = explain_slice([loaded], pixels, LEVEL, device=predictor.device)[0].method
+        per_level = medians["batched"] / len(LEVELS)
         print(f"{loaded.name:18s} {medians['predict']:11.1f} {medians['heatmap']:11.1f} "
-              f"{medians['heatmap'] / medians['predict']:6.1f}  {method}")
+              f"{medians['heatmap'] / medians['predict']:6.1f} {per_level:11.1f} {per_level / medians['heatmap']:6.2f}"
+              f"  {method}")
+    if predictor.device.type == "cpu":
+        bf16_maps(predictor, [pixels, *example_slices()])
+
+
+def bf16_maps(predictor: Predictor, slices: list[np.ndarray]) -> None:
+    """How far each model's heatmaps move when computed under bf16 autocast (forward and backward)."""
+    print(f"heatmaps under CPU bf16 autocast against fp32, {len(slices)} slices, every level:")
+    for loaded in predictor.models:
+        worst = 0.0
+        pairs = [(p, level) for p in slices for level in LEVELS]
+        exact = explain_slices([loaded], pairs, device="cpu")
+        with BF16.autocast("cpu"):
+            fast = explain_slices([loaded], pairs, device="cpu")
+        for (a,), (b,) in zip(exact, fast, strict=True):
+            if a.heatmap is not None:
+                worst = max(worst, float(np.abs(a.heatmap - b.heatmap).max()))
+        print(f"{loaded.name:18s} max |map_bf16 - map_fp32| = {worst:.3f}")
 
 
 if __name__ == "__main__":

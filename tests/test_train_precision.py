@@ -92,3 +92,31 @@ def test_fp16_with_loss_scaling_trains_on_the_cpu_and_resumes_exactly(training, 
         fp32_epoch = json.loads(handle.metadata()["resume"])["history"][0]
     assert fp32_epoch["train_loss"] != whole.history[0]["train_loss"]
     assert fp32_epoch["train_loss"] == pytest.approx(whole.history[0]["train_loss"], rel=0.05)
+
+
+def test_the_localiser_trains_in_fp16_with_loss_scaling_and_keeps_the_scaler_in_its_resume_state(tmp_path):
+    from spinecad.models.localizer import LOCALIZER_BACKBONES, LocalizerConfig
+    from train.localizer import DECODER_CHANNELS
+    from train.localizer_train import DEMO_RECIPE, PointSet, train_localizer
+
+    generator = torch.Generator().manual_seed(0)
+    size = 64
+    images = torch.randint(0, 256, (8, 1, size, size), dtype=torch.uint8, generator=generator)
+    points = torch.rand(8, 5, 2, generator=generator) * (size - 1)
+    data = PointSet(images, points)
+    config = LocalizerConfig(backbone=LOCALIZER_BACKBONES["cpu"].to_dict(), decoder_channels=DECODER_CHANNELS["cpu"])
+    recipe = replace(DEMO_RECIPE, epochs=2, batch_size=4)
+    state = tmp_path / ".state" / "localizer.safetensors"
+    histories = {}
+    for precision in (FP16_SCALED, FP32):
+        _, histories[precision.name] = train_localizer(
+            config, recipe, data, data, tmp_path / precision.name, state.with_name(f"{precision.name}.safetensors"),
+            device=torch.device("cpu"), facts={}, log=lambda message: None, precision=precision)
+    assert all(np.isfinite(row["train_loss"]) for row in histories["fp16"])
+    with safetensors.safe_open(str(state.with_name("fp16.safetensors")), framework="pt") as handle:
+        scaled = json.loads(handle.metadata()["scaler"])
+    assert 0 < scaled["_growth_tracker"] <= 2 * 2 and scaled["scale"] > 0  # the scaler ran every step
+    with safetensors.safe_open(str(state.with_name("fp32.safetensors")), framework="pt") as handle:
+        assert json.loads(handle.metadata()["scaler"]) == {}
+    # The fp16 path really ran in fp16: the same steps in fp32 give another loss.
+    assert histories["fp16"][0]["train_loss"] != histories["fp32"][0]["train_loss"]

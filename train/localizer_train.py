@@ -20,7 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from spinecad.atomic import recover_directory
-from spinecad.inference.devices import autocast
+from spinecad.inference.precision import Precision, choose_precision
 from spinecad.models.localizer import OUTPUT_STRIDE, LocalizerConfig, LocalizerModel, decode_maps
 from spinecad.models.preprocess import normalise, resize_unit
 from train.loop import _restore_rng, _rng_state, save_checkpoint, use_deterministic_kernels
@@ -128,14 +128,16 @@ def point_loss(logits: torch.Tensor, points: torch.Tensor, recipe: LocalizerReci
 
 
 @torch.inference_mode()
-def predict(model: LocalizerModel, data: PointSet, device: torch.device,
-            batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """Points (N, 5, 2) in pixels of the set's square images and confidences (N, 5)."""
+def predict(model: LocalizerModel, data: PointSet, device: torch.device, batch_size: int = 32,
+            precision: Precision | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Points (N, 5, 2) in pixels of the set's square images and confidences (N, 5), in ``precision`` (default:
+    the device's training precision, in which the best epoch is chosen)."""
     model.eval()
+    precision = precision or choose_precision(device, training=True)
     points, confidence = [], []
     for start in range(0, len(data), batch_size):
         batch = data.unit(slice(start, start + batch_size))
-        with autocast(device):
+        with precision.autocast(device):
             logits = model(model_input(batch, model.config).to(device))
         found, sure = model.decode(logits)
         # The model sees input_size pixels; the points are asked for in the images' own.
@@ -144,17 +146,23 @@ def predict(model: LocalizerModel, data: PointSet, device: torch.device,
     return torch.cat(points).numpy(), torch.cat(confidence).numpy()
 
 
-def mean_error_px(model: LocalizerModel, data: PointSet, device: torch.device) -> float:
+def mean_error_px(model: LocalizerModel, data: PointSet, device: torch.device,
+                  precision: Precision | None = None) -> float:
     """Mean point error (pixels of the square images) over the labelled levels: what selects the best epoch."""
-    found, _ = predict(model, data, device)
+    found, _ = predict(model, data, device, precision=precision)
     error = np.linalg.norm(found - data.points.numpy(), axis=-1)
     return float(np.nanmean(error))
 
 
 def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: PointSet, val: PointSet,
                     checkpoint_dir, state_path, *, device: torch.device, facts: dict,
-                    log: Callable[[str], None] = print) -> tuple[LocalizerModel, list[dict]]:
-    """Train, keep the best epoch in ``checkpoint_dir`` and return it (loaded) with the history."""
+                    log: Callable[[str], None] = print,
+                    precision: Precision | None = None) -> tuple[LocalizerModel, list[dict]]:
+    """Train, keep the best epoch in ``checkpoint_dir`` and return it (loaded) with the history.
+
+    ``precision`` defaults to the library's choice for training on the device: fp32 on the CPU, bf16 on Ampere
+    and later, fp16 with loss scaling on older GPUs (the scaler's state is part of the resume state).
+    """
     recover_directory(checkpoint_dir)
     use_deterministic_kernels(device)
     torch.manual_seed(recipe.seed)
@@ -163,9 +171,11 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
         model.load_pretrained_weights()
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    precision = precision or choose_precision(device, training=True)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
     shuffler = torch.Generator().manual_seed(recipe.seed)
     fingerprint = _fingerprint(config, recipe, train, val)
-    resumed = load_state(state_path, model=model, optimizer=optimizer, fingerprint=fingerprint)
+    resumed = load_state(state_path, model=model, optimizer=optimizer, fingerprint=fingerprint, scaler=scaler)
     state = ResumeState(next_epoch=0, history=[], best_score=-math.inf, best_epoch=0)
     if resumed is not None:
         state, rng = resumed
@@ -182,13 +192,14 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
             rows = order[start:start + recipe.batch_size]
             images, points = augment(train.unit(rows), train.points[rows], recipe)
             optimizer.zero_grad(set_to_none=True)
-            with autocast(device):
+            with precision.autocast(device):
                 logits = model(model_input(images, config).to(device))
             loss = point_loss(logits, points.to(device), recipe, config.window)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then backs off
+            scaler.update()
             total += float(loss.detach()) * len(rows)
-        val_error = mean_error_px(model, val, device)
+        val_error = mean_error_px(model, val, device, precision)
         row = {"epoch": epoch + 1, "train_loss": round(total / len(train), 6), "val_error_px": round(val_error, 6),
                "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
         state.history.append(row)
@@ -200,7 +211,7 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
             save_checkpoint(model, checkpoint_dir)
         state.next_epoch = epoch + 1
         save_state(state_path, model=model, optimizer=optimizer, state=state, fingerprint=fingerprint,
-                   rng=_rng_state(device, shuffler))
+                   rng=_rng_state(device, shuffler), scaler=scaler)
         log(f"[localizer] epoch {epoch + 1}/{recipe.epochs}: train loss {row['train_loss']:.3f} | "
             f"val error {val_error:.2f} px | {row['seconds']:.1f} s")
     return LocalizerModel.load(checkpoint_dir).to(device), state.history

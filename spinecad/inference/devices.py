@@ -1,8 +1,6 @@
-"""Which device to run on, and the precision used there."""
+"""Which device to run on (the precision there is ``spinecad.inference.precision``'s choice)."""
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
@@ -13,9 +11,3 @@ def resolve_device(preference: str | None = None) -> torch.device:
         return torch.device(preference)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-
-def autocast(device: torch.device, *, bf16: bool = True) -> contextlib.AbstractContextManager:
-    """bf16 mixed precision on CUDA unless ``bf16=False`` (measured in bench/gpu.py); full fp32 on the CPU."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
