@@ -92,8 +92,14 @@ def bf16_maps(predictor: Predictor, slices: list[np.ndarray]) -> None:
         worst = 0.0
         pairs = [(p, level) for p in slices for level in LEVELS]
         exact = explain_slices([loaded], pairs, device="cpu")
-        with BF16.autocast("cpu"):
-            fast = explain_slices([loaded], pairs, device="cpu")
+        # The CAM library reads the layer's output and gradient as numpy, which has no bf16: the read layer hands on
+        # an fp32 copy (what comes after it is recast by autocast as before).
+        handle = loaded.model.backbone.cam_layer().register_forward_hook(lambda module, inputs, output: output.float())
+        try:
+            with BF16.autocast("cpu"):
+                fast = explain_slices([loaded], pairs, device="cpu")
+        finally:
+            handle.remove()
         for (a,), (b,) in zip(exact, fast, strict=True):
             if a.heatmap is not None:
                 worst = max(worst, float(np.abs(a.heatmap - b.heatmap).max()))

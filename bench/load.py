@@ -201,7 +201,8 @@ def main() -> int:
                 print(f"round {round_number}: {seconds:5.1f} s | valid {round_summary['valid']} | "
                       f"invalid {round_summary['invalid']} | RSS {rss[f'after round {round_number}']:.0f} MiB",
                       flush=True)
-            leftovers = [p for p in (work / "gradio-tmp").rglob("*") if p.is_file() and p.stat().st_size]
+            leftovers = [f"{p.relative_to(work / 'gradio-tmp')} ({p.stat().st_size} bytes)"
+                         for p in (work / "gradio-tmp").rglob("*") if p.is_file() and p.stat().st_size]
         finally:
             process.terminate()
             process.wait(timeout=15)
@@ -219,7 +220,7 @@ def main() -> int:
     print(f"server RSS: start {rss['start']:.0f} MiB, after round 1 {after_first:.0f} MiB, end {end:.0f} MiB "
           f"({growth:+.1%} after round 1; target < {RSS_GROWTH_TARGET:.0%} -> "
           f"{'met' if growth < RSS_GROWTH_TARGET else 'NOT met'})")
-    print(f"uploads left on the server: {len(leftovers)}")
+    print(f"uploads left on the server: {len(leftovers)}" + "".join(f"\n  left: {name}" for name in leftovers[:5]))
     for outcome in wrong[:10]:
         print(f"  wrong answer: {outcome}")
     if args.json:

@@ -42,4 +42,12 @@ def test_a_study_is_graded_from_five_clicks(page, app, phantom_studies, artifact
     assert "Ensemble" in " ".join(rows.all_inner_texts())
     assert "The study, level by level" in page.locator("#study-headline").inner_text()
     save_screenshot(page, "study.png", artifacts_dir)
+    # Explain: each model's heatmap at every graded level, on the slice that level was graded on.
+    page.locator("#study-explain").click()
+    sections = page.locator("#study-heatmaps section.spinecad-level-heatmaps")
+    sections.nth(4).wait_for(timeout=180_000)
+    headings = [text.strip() for text in page.locator("#study-heatmaps h4").all_inner_texts()]
+    assert headings == [f"{lv} · axial slice #{next(iter(right[lv]))[1]}" for lv in right]
+    assert page.locator("#study-heatmaps figure.spinecad-heatmap").count() == 5 * 6
+    assert page.locator("#study-heatmaps img").first.get_attribute("src").startswith("data:image/png;base64,")
     assert uploads_left(app.upload_dir) == []

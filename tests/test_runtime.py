@@ -77,3 +77,29 @@ def test_bound_memory_caps_the_arenas_and_fixes_the_mmap_threshold():
     assert default["arenas"] > runtime.MALLOC_ARENAS + 1, default
     assert bounded["arenas"] <= runtime.MALLOC_ARENAS, bounded
     assert (default["mmapped"], bounded["mmapped"]) == (0, 1), (default, bounded)
+
+
+def test_the_launched_app_keeps_at_most_max_sessions_of_state(demo_predictor, upload_dir, monkeypatch, tmp_path):
+    # Each client is a new session; Gradio would keep every one (its default is 10,000, ~0.24 MB each here).
+    from gradio_client import Client, handle_file
+
+    from spinecad import ui
+    from tests.app_fixture import free_port
+    from tests.conftest import EXAMPLES_DIR
+
+    monkeypatch.setattr(runtime, "MAX_SESSIONS", 3)
+    blocks = ui.build(demo_predictor, examples_dir=EXAMPLES_DIR)
+    _, url, _ = ui.launch(blocks, prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(),
+                          quiet=True)
+    try:
+        note = tmp_path / "note.txt"
+        note.write_text("not an image")
+        for _ in range(5):
+            client = Client(url, verbose=False)
+            with pytest.raises(Exception, match="not"):  # refused in words (AppError): a cheap request
+                client.predict(handle_file(str(note)), "L4/L5", "raw", api_name="/predict")
+            client.close()
+        assert blocks.state_session_capacity == 3
+        assert 1 <= len(blocks.state_holder.session_data) <= 3
+    finally:
+        blocks.close()

@@ -142,6 +142,28 @@ def test_a_study_is_graded_in_batches_like_slice_by_slice(phantom_studies, demo_
     assert "PHANTOM" not in text and "1.2." not in text  # no patient name, no UID
 
 
+def test_each_graded_level_is_explained_on_its_own_slice(phantom_studies, demo_predictor):
+    from spinecad.inference.heatmaps import explain_slice
+    from spinecad.inference.study import explain_study
+
+    folder = simple_study(phantom_studies)
+    study = read_study([folder])
+    points = canal_points(phantom_studies, int(folder.name))
+    placements = place_levels(study, parse_levels({level: points[level] for level in ("L2/L3", "L4/L5")}))
+    explained, warnings = explain_study(demo_predictor.models, placements)
+    assert warnings == []
+    assert [(item.level, item.axial_instance) for item in explained] == [
+        (level, placements[level].axial_instance) for level in ("L2/L3", "L4/L5")]  # unplaced levels: none
+    for item in explained:
+        assert [h.name for h in item.heatmaps] == [m.name for m in demo_predictor.models]
+        assert all(h.level == item.level and h.heatmap is not None for h in item.heatmaps)
+        # The batched pass gives each level what explaining its slice alone gives (fp32 rounding aside).
+        pixels = placements[item.level].series.slices[placements[item.level].index].read().pixels
+        alone = explain_slice(demo_predictor.models[:1], pixels, item.level)[0]
+        assert alone.grade == item.heatmaps[0].grade
+        assert np.abs(alone.heatmap - item.heatmaps[0].heatmap).max() < 0.01
+
+
 def test_slices_that_are_not_parallel_are_reported(phantom_studies, tmp_path):
     import pydicom
 

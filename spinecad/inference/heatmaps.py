@@ -60,7 +60,7 @@ class _GradeLogitsAtLevels(nn.Module):
         self.model, self.levels = model, levels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images, self.levels)
+        return self.model(images, self.levels).float()  # fp32 logits even under autocast (the CAM library's numpy)
 
 
 @contextlib.contextmanager

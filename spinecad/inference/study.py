@@ -2,6 +2,7 @@
 
 The result holds, per level, the chosen slice's six-model probabilities and their ensemble, and, for the axial
 series, the ensemble's probabilities at every level for every slice (the stenosis profile along the stack).
+``explain_study`` gives every model's heatmap at each placed level, all levels in one batched pass per model.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from spinecad.imaging import ImageReadError, Slice
+from spinecad.inference.heatmaps import Heatmap, explain_slices
+from spinecad.inference.loading import LoadedModel
 from spinecad.inference.localizing import Localizer, LocalizerInputError
 from spinecad.inference.predictor import Prediction, Predictor
 from spinecad.labels import LEVELS, SEVERITY_COLUMNS, row_id
@@ -190,3 +194,30 @@ def grade_study(
             grades.profile_instances = [study.axial.slices[i].instance_number for i, _ in on_axial]
             grades.profile_positions_mm = [study.axial.slices[i].position_mm for i, _ in on_axial]
     return grades
+
+
+@dataclass
+class LevelHeatmaps:
+    """Every model's heatmap at one placed level, on that level's own axial slice."""
+
+    level: str
+    axial_instance: int
+    heatmaps: list[Heatmap]
+
+
+def explain_study(models: list[LoadedModel], placements: dict[str, Placement], *,
+                  device: torch.device | str = "cpu") -> tuple[list[LevelHeatmaps], list[str]]:
+    """Heatmaps for each placed level on its slice, each model explaining all levels in one batched pass
+    (``explain_slices``); the levels not placed, or whose slice cannot be decoded, are named in the warnings."""
+    pairs, kept, warnings = [], [], []
+    for level, placement in placements.items():
+        if not placement.placed:
+            continue
+        try:
+            pairs.append((placement.series.slices[placement.index].read().pixels, level))
+            kept.append(placement)
+        except ImageReadError:
+            warnings.append(f"{level}: its axial slice could not be decoded, so it has no heatmaps.")
+    explained = explain_slices(models, pairs, device=device) if pairs else []
+    return ([LevelHeatmaps(p.level, p.axial_instance, heatmaps) for p, heatmaps in zip(kept, explained, strict=True)],
+            warnings)

@@ -23,6 +23,7 @@ from spinecad.inference.manifest import ManifestError
 from spinecad.inference.predictor import Predictor
 from spinecad.logs import warn_once
 from spinecad.study.archive import MAX_UPLOAD_BYTES
+from spinecad.ui import runtime
 from spinecad.ui import text as ui_text
 from spinecad.ui.compare_tab import CompareTab
 from spinecad.ui.predict_tab import PredictTab
@@ -98,5 +99,5 @@ def build(predictor: Predictor, *, examples_dir: Path | None = None, problem: st
 def launch(blocks: gr.Blocks, **options) -> tuple:
     """Queue and serve the app with its limits, theme and CSS (GRADIO_SERVER_NAME / _PORT honoured)."""
     settings = {"max_file_size": MAX_UPLOAD_BYTES, "css": CSS, "theme": gr.themes.Soft(), "footer_links": ["api"],
-                "ssr_mode": False, **options}
+                "ssr_mode": False, "state_session_capacity": runtime.MAX_SESSIONS, **options}
     return blocks.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE).launch(**settings)

@@ -4,7 +4,8 @@ Under sustained load the app's resident memory grew with glibc's malloc arenas: 
 an arena of its own (up to 8 per core), and the memory freed in one is not returned while others hold pages
 (bench/load.py: ~10% growth over 10 rounds; 8% with the arenas capped at 2), and large blocks freed stayed in the
 heap once glibc had raised its mmap threshold. Setting both from inside the process makes the bound hold however
-the app is started; fewer Gradio worker threads give it fewer arenas to spread over.
+the app is started; fewer Gradio worker threads give it fewer arenas to spread over. What grew beyond that was
+Gradio's per-session state, which ``MAX_SESSIONS`` bounds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ M_ARENA_MAX, M_MMAP_THRESHOLD = -8, -3  # mallopt parameter numbers, from glibc'
 # Gradio's worker threads (launch(max_threads=...), default 40): the queue runs at most 4 requests at once
 # (default_concurrency_limit), so 8 leave room for file serving without a thread (and arena) per request.
 MAX_THREADS = 8
+# Gradio keeps a SessionState per session (launch(state_session_capacity=...), default 10,000): the config of all
+# ~140 components (0.24 MB of Python objects here, ~0.4 MB a session as measured) plus the session's gr.State
+# values, freed only when evicted. bench/load.py's 16 new sessions a round grew the server by ~5 MB a round; at the
+# default that would reach gigabytes. Beyond this many, the least recently used session is dropped (its visitor
+# re-uploads): on 2 vCPUs at about a second a grading, 64 visitors in the last minutes is more than one Space serves.
+MAX_SESSIONS = 64
 
 
 def bound_memory(arenas: int = MALLOC_ARENAS, mmap_threshold: int = MMAP_THRESHOLD) -> bool:

@@ -6,6 +6,7 @@ dropped after ``SESSION_TTL_S``), and every image is an inline PNG.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +17,30 @@ import spaces
 from spinecad.imaging import ImageReadError
 from spinecad.inference.localizing import Localizer
 from spinecad.inference.predictor import Predictor
-from spinecad.inference.study import Localised, StudyGrades, grade_study, localise, place_with_localiser, study_warnings
+from spinecad.inference.study import (
+    LevelHeatmaps,
+    Localised,
+    StudyGrades,
+    explain_study,
+    grade_study,
+    localise,
+    place_with_localiser,
+    study_warnings,
+)
 from spinecad.labels import LEVELS
 from spinecad.study import Study, StudyError, parse_levels, read_study
 from spinecad.study.archive import MAX_UPLOAD_BYTES, Member
 from spinecad.ui import study_text
 from spinecad.ui import text as ui_text
 from spinecad.ui.predict_tab import MODEL_RUN, PRIVATE, PROBABILITIES, refuse
-from spinecad.ui.study_view import CLICK_JS, axial_html, profile_figure, sagittal_html, study_table
+from spinecad.ui.study_view import (
+    CLICK_JS,
+    axial_html,
+    level_heatmaps_html,
+    profile_figure,
+    sagittal_html,
+    study_table,
+)
 from spinecad.ui.uploads import consume_upload, remove_upload
 
 SESSION_TTL_S = 1800  # a visitor's study is dropped from memory this long after its last use
@@ -36,6 +53,7 @@ class StudySession:
     study: Study
     requests: dict[str, dict] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # the localiser's reasons for the levels it left out
+    graded: dict[str, dict] | None = None  # the requests of the last grading: what Explain explains
 
 
 class StudyTab:
@@ -46,6 +64,8 @@ class StudyTab:
         self.predictor, self.upload_root, self.problem = predictor, upload_root, problem
         self.localizer, self.localizer_problem = localizer, localizer_problem
         self.run_grading: Callable[..., StudyGrades] = spaces.GPU(duration=120)(self._run_grading)
+        self.run_explain: Callable[..., tuple[list[LevelHeatmaps], list[str]]] = spaces.GPU(duration=120)(
+            self._run_explain)
 
     # ---- the library ----------------------------------------------------------------------------------------
 
@@ -55,6 +75,11 @@ class StudyTab:
         localised = self.localise(study) if auto else Localised()
         placements = place_with_localiser(study, parse_levels(requests), localised)
         return grade_study(self.predictor, study, placements, calibrated=calibrated, progress=progress)
+
+    def _run_explain(self, study: Study, requests: dict, notes: dict[str, str]) -> tuple[list[LevelHeatmaps],
+                                                                                        list[str]]:
+        placements = place_with_localiser(study, parse_levels(requests), Localised(notes=notes))
+        return explain_study(self.predictor.models, placements, device=self.predictor.device)
 
     def localise(self, study: Study) -> Localised:
         return localise(self.localizer, study, problem=self.localizer_problem)
@@ -180,7 +205,17 @@ class StudyTab:
                                 lambda done, total: progress(done / total, desc=f"Graded {done} of {total} slices"))
         except gr.Error as error:
             return {**self._results(None), self.headline: f"### ✖ Cannot grade this study\n\n{error.message}"}
-        return self._results(answer)
+        session.graded = dict(session.requests)
+        return {self.state: session, **self._results(answer)}
+
+    def on_explain(self, session: StudySession | None) -> str:
+        """The Explain button: every model's heatmap at each graded level, on the slice that level was graded on."""
+        if session is None or session.graded is None or not self.predictor.models:
+            return study_text.STUDY_HEATMAP_PLACEHOLDER
+        try:
+            return level_heatmaps_html(*self.run_explain(session.study, session.graded, session.notes))
+        except StudyError as error:
+            return f'<div class="spinecad-placeholder">{html.escape(str(error))}</div>'
 
     def _placed(self, session: StudySession, sagittal_number: int, level: str) -> dict:
         following = LEVELS[(LEVELS.index(level) + 1) % len(LEVELS)]
@@ -231,10 +266,12 @@ class StudyTab:
     def _results(self, answer: dict | None) -> dict:
         if answer is None:
             return {self.headline: "", self.results_box: gr.Column(visible=False), self.table: None,
-                    self.profile_plot: None, self.result_json: None, self.result_warnings: ""}
+                    self.profile_plot: None, self.result_json: None, self.result_warnings: "",
+                    self.heatmaps: study_text.STUDY_HEATMAP_PLACEHOLDER}
         return {self.headline: study_text.study_headline(answer), self.results_box: gr.Column(visible=True),
                 self.table: study_table(answer), self.profile_plot: profile_figure(answer), self.result_json: answer,
-                self.result_warnings: ui_text.warnings_markdown(answer["warnings"])}
+                self.result_warnings: ui_text.warnings_markdown(answer["warnings"]),
+                self.heatmaps: study_text.STUDY_HEATMAP_PLACEHOLDER}
 
     def _empty(self) -> dict:
         return {self.state: None, self.upload: None, self.warnings: "", self.placements_md: "",
@@ -275,12 +312,16 @@ class StudyTab:
                                       elem_id="study-table")
             self.profile_plot = gr.Plot(show_label=False, elem_id="study-profile")
             gr.Markdown(study_text.PROFILE_EXPLAINED)
+            explain = gr.Button("Explain: each model's heatmap at every graded level", variant="secondary",
+                                elem_id="study-explain")
+            self.heatmaps = gr.HTML(study_text.STUDY_HEATMAP_PLACEHOLDER, elem_id="study-heatmaps")
+            gr.Markdown(ui_text.HEATMAP_EXPLAINED)
             with gr.Accordion("The result as JSON (what the `predict_study` API returns)", open=False):
                 self.result_json = gr.JSON(label="predict_study API result", elem_id="study-json")
                 gr.Markdown(study_text.STUDY_API_HELP)
 
         results = [self.headline, self.results_box, self.table, self.profile_plot, self.result_json,
-                   self.result_warnings]
+                   self.result_warnings, self.heatmaps]
         loaded = [self.state, self.upload, self.series_md, self.warnings, self.sagittal_slider, self.sagittal_view,
                   self.axial_slider, self.axial_view, self.placements_md, self.level, *results]
         placed = [self.state, self.sagittal_view, self.placements_md, self.level]
@@ -292,7 +333,8 @@ class StudyTab:
         use_axial.click(self.on_use_axial, [self.state, self.level, self.axial_slider, self.sagittal_slider], placed,
                         **PRIVATE)
         clear.click(self.on_clear, [self.state, self.sagittal_slider], placed, **PRIVATE)
-        grade.click(self.on_grade, [self.state, probabilities], results, **PRIVATE, **MODEL_RUN)
+        grade.click(self.on_grade, [self.state, probabilities], [self.state, *results], **PRIVATE, **MODEL_RUN)
+        explain.click(self.on_explain, self.state, self.heatmaps, **PRIVATE, **MODEL_RUN)
         api_upload, api_levels = gr.File(visible=False), gr.Textbox(value="{}", visible=False)
         api_probabilities = gr.Textbox(value="raw", visible=False)
         gr.Button(visible=False).click(self.predict_study, [api_upload, api_levels, api_probabilities],

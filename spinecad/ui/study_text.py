@@ -25,6 +25,10 @@ PROFILE_EXPLAINED = (
     "the line of that disc's level is the one to read. A good placement (★) sits on a peak or plateau of its own "
     "line; a star far from it suggests the point missed the disc."
 )
+STUDY_HEATMAP_PLACEHOLDER = (
+    '<div class="spinecad-placeholder spinecad-small">Press <b>Explain</b> to see where each model looked at each '
+    "graded level, on that level's own slice (about a second per model and level on a CPU).</div>"
+)
 STUDY_API_HELP = """\
 Scripted use: `client.predict(handle_file("study.zip"), '{"L4/L5": {"sagittal_instance": 9, "x": 120, "y": 140}}',
 api_name="/predict_study")`. `levels` may be `{}`, or per level a point on the sagittal series or

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from spinecad.inference.study import LevelHeatmaps
 from spinecad.labels import LEVELS, SEVERITIES
 from spinecad.ui.charts import ENSEMBLE_COLOUR, FONT, GRADE_COLOURS, MODEL_PALETTE
-from spinecad.ui.html import png_data_uri
+from spinecad.ui.html import heatmap_gallery_html, png_data_uri
 
 # Clicks on the sagittal image become (x, y) in the slice's own pixels, sent to the server as a click event.
 CLICK_JS = """
@@ -117,3 +118,14 @@ def profile_figure(answer: dict) -> go.Figure:
         yaxis={"title": "P(Moderate or Severe)", "range": [0, 1.05]}, legend={"title": "level head"},
     )
     return figure
+
+
+def level_heatmaps_html(levels: list[LevelHeatmaps], warnings: list[str]) -> str:
+    """Per graded level, a heading naming its slice, then every model's heatmap on it side by side."""
+    sections = [f'<section class="spinecad-level-heatmaps"><h4>{html.escape(item.level)} · axial slice '
+                f"#{item.axial_instance}</h4>{heatmap_gallery_html(item.heatmaps)}</section>" for item in levels]
+    notes = "".join(f'<p class="spinecad-small">{html.escape(warning)}</p>' for warning in warnings)
+    if not sections:
+        return f'<div class="spinecad-placeholder spinecad-small">No level is placed, so there is nothing to ' \
+               f"explain.</div>{notes}"
+    return "".join(sections) + notes
