@@ -50,4 +50,5 @@ def test_a_study_is_graded_from_five_clicks(page, app, phantom_studies, artifact
     assert headings == [f"{lv} · axial slice #{next(iter(right[lv]))[1]}" for lv in right]
     assert page.locator("#study-heatmaps figure.spinecad-heatmap").count() == 5 * 6
     assert page.locator("#study-heatmaps img").first.get_attribute("src").startswith("data:image/png;base64,")
+    page.locator("#study-heatmaps").screenshot(path=str(artifacts_dir / "study_heatmaps.png"))
     assert uploads_left(app.upload_dir) == []
