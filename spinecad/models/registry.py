@@ -56,7 +56,8 @@ class BackboneSpec:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str
-    channels_last: bool = False  # CNNs run faster channels-last on CUDA
+    # CNNs run faster channels-last on CUDA; on the CPU it gave no stable gain (bench/alternatives.py), so only there.
+    channels_last: bool = False
     kwargs: dict = field(default_factory=dict)  # timm create_model overrides / transformers config
     note: str = ""
     cam_layer: str | None = None  # module path in the timm model for heatmaps, e.g. "layer4" or "blocks.-1.norm1"
