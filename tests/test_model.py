@@ -35,7 +35,7 @@ def test_head_matches_the_paper_shape(cpu_models):
 
 
 @pytest.mark.parametrize("index", range(len(CPU_PROFILE)), ids=[s.name for s in CPU_PROFILE])
-def test_save_load_round_trip_gives_identical_logits(cpu_models, tmp_path, index):
+def test_save_load_round_trip_gives_identical_weights_and_logits(cpu_models, tmp_path, index):
     model = cpu_models[index]
     images, levels = _inputs(model)
     with torch.no_grad():
@@ -45,7 +45,12 @@ def test_save_load_round_trip_gives_identical_logits(cpu_models, tmp_path, index
     loaded = SpineCADModel.load(tmp_path / "ckpt")
     with torch.no_grad():
         after = loaded(images, levels)
-    assert torch.equal(before, after)
+    # The file holds the weights bit for bit. The loaded ones are views of the mapped file (no copy; safetensors
+    # aligns them to 8 bytes, the allocator to 64), so a kernel may sum in another order: EfficientNetV2's logits
+    # can then differ in the last bits, never more.
+    saved = model.state_dict()
+    assert all(torch.equal(saved[key], value) for key, value in loaded.state_dict().items())
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
     tensors = [*loaded.parameters(), *loaded.buffers()]
     assert not any(t.is_meta for t in tensors)  # non-persistent buffers (Swin, BEiT) were built, not left empty
     assert all(p.requires_grad for p in loaded.parameters())  # trainable as a fresh model, e.g. for fine-tuning
