@@ -1,9 +1,10 @@
 """Heatmaps: where each model looked for the grade it gives at one disc level (class-activation maps).
 
-The maps are pytorch-grad-cam's, computed in fp32 on every device: under bf16 autocast the demo set's ConvNeXt
-map moved by up to 0.31 (of 1) and EfficientNetV2's by 0.66. The explained score is one logit of the model at
-the chosen level (the level embedding goes through the head like in a prediction): the model's own predicted
-grade, or a grade asked for.
+The maps are pytorch-grad-cam's, computed in fp32 on every device: under bf16 autocast the demo set's maps moved
+by 0.12 to 1.0 (of 1; ViT-B's by 0.016; ``python bench/explain.py``). The explained score is one logit of the
+model at the chosen level (the level embedding goes through the head like in a prediction): the model's own
+predicted grade, or a grade asked for. Several (slice, level) pairs go through a model in one batched pass
+(``explain_slices``: every level of a study, each on its own slice).
 Which layer is read, how its output becomes a (B, C, H, W) map and which CAM variant fits the architecture are the
 backbone's registry row (``cam_layer``, ``cam_reshape``, ``cam_method``); nothing here depends on the family.
 """
@@ -94,8 +95,8 @@ def class_activation_maps(model: SpineCADModel, items: Sequence[tuple[np.ndarray
     slice of a study): one forward and one backward for the batch, each row's score at its own level.
 
     Returns (heatmaps (B, S, S) in [0, 1], explained grade ids, probabilities (B, 3), method description); each row
-    equals what ``class_activation_map`` gives for its pair alone (rows do not mix: the score summed for the
-    backward is a sum of per-row logits).
+    is what ``class_activation_map`` gives for its pair alone, up to float rounding (rows do not mix: the score
+    summed for the backward is a sum of per-row logits).
     """
     import pytorch_grad_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
