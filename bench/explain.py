@@ -88,9 +88,9 @@ def main() -> None:
 def bf16_maps(predictor: Predictor, slices: list[np.ndarray]) -> None:
     """How far each model's heatmaps move when computed under bf16 autocast (forward and backward)."""
     print(f"heatmaps under CPU bf16 autocast against fp32, {len(slices)} slices, every level:")
+    pairs = [(p, level) for p in slices for level in LEVELS]
     for loaded in predictor.models:
         worst = 0.0
-        pairs = [(p, level) for p in slices for level in LEVELS]
         exact = explain_slices([loaded], pairs, device="cpu")
         # The CAM library reads the layer's output and gradient as numpy, which has no bf16: the read layer hands on
         # an fp32 copy (what comes after it is recast by autocast as before).

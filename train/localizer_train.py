@@ -23,7 +23,7 @@ from spinecad.atomic import recover_directory
 from spinecad.inference.precision import Precision, choose_precision
 from spinecad.models.localizer import OUTPUT_STRIDE, LocalizerConfig, LocalizerModel, decode_maps
 from spinecad.models.preprocess import normalise, resize_unit
-from train.loop import _restore_rng, _rng_state, save_checkpoint, use_deterministic_kernels
+from train.loop import _restore_rng, _rng_state, _Step, save_checkpoint, use_deterministic_kernels
 from train.state import ResumeState, load_state, save_state
 
 
@@ -173,6 +173,7 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     precision = precision or choose_precision(device, training=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
+    step = _Step(optimizer, scaler, precision, device)  # the graders' step: autocast forward, scaled backward
     shuffler = torch.Generator().manual_seed(recipe.seed)
     fingerprint = _fingerprint(config, recipe, train, val)
     resumed = load_state(state_path, model=model, optimizer=optimizer, fingerprint=fingerprint, scaler=scaler)
@@ -191,13 +192,9 @@ def train_localizer(config: LocalizerConfig, recipe: LocalizerRecipe, train: Poi
         for start in range(0, len(order), recipe.batch_size):
             rows = order[start:start + recipe.batch_size]
             images, points = augment(train.unit(rows), train.points[rows], recipe)
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast(device):
-                logits = model(model_input(images, config).to(device))
+            logits = step.forward(model, model_input(images, config).to(device))
             loss = point_loss(logits, points.to(device), recipe, config.window)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)  # skipped when fp16 gradients overflowed; the scale then backs off
-            scaler.update()
+            step.backward(loss)
             total += float(loss.detach()) * len(rows)
         val_error = mean_error_px(model, val, device, precision)
         row = {"epoch": epoch + 1, "train_loss": round(total / len(train), 6), "val_error_px": round(val_error, 6),

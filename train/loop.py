@@ -220,10 +220,11 @@ class _Step:
     precision: Precision
     device: torch.device
 
-    def forward(self, model: nn.Module, images: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    def forward(self, model: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """The model's fp32 output on ``inputs`` (a grader's images and levels, a localiser's images)."""
         self.optimizer.zero_grad(set_to_none=True)
         with self.precision.autocast(self.device):
-            return model(images, levels).float()
+            return model(*inputs).float()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss).backward()
