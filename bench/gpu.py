@@ -32,6 +32,7 @@ from spinecad.models.registry import profile
 from train.augment import augment_batch
 from train.cache import attach_positions, build_cache
 from train.data import SliceDataset, batches, model_batch
+from train.loop import _Step
 from train.recipe import PAPER
 from train.rsna import build_sample_index
 
@@ -82,6 +83,7 @@ def training_throughput(model: SpineCADModel, dataset: SliceDataset, device: tor
     precision = choose_precision(device, training=True)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.grad_scaler)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.02)
+    train_step = _Step(optimizer, scaler, precision, device)  # what python -m train runs: autocast, scaled backward
     if len(dataset) < PAPER.batch_size:
         raise SystemExit(f"need at least {PAPER.batch_size} training slices for one full batch, got {len(dataset)}")
     loader = batches(dataset, PAPER.batch_size, shuffle_with=torch.Generator().manual_seed(0), drop_last=True)
@@ -93,13 +95,8 @@ def training_throughput(model: SpineCADModel, dataset: SliceDataset, device: tor
                     torch.cuda.synchronize()
                 started = time.perf_counter()
             images = augment_batch(images.to(device), PAPER.flip_probability, PAPER.rotation_degrees)
-            with precision.autocast(device):
-                logits = model(model_batch(images, model.data_config), levels.to(device))
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            logits = train_step.forward(model, model_batch(images, model.data_config), levels.to(device))
+            train_step.backward(torch.nn.functional.cross_entropy(logits, labels.to(device)))
             step += 1
             seen += len(labels) if step > 1 else 0
             if step >= steps + 1:
